@@ -1,0 +1,149 @@
+"""Building blocks shared by all four networks: the conv-BN-ReLU unit, TensorFlow-style pools and the residual
+Inception block pattern."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+# TF-slim's inception_arg_scope: variance_scaling_initializer() = truncated normal, fan-in, factor 2.
+kernel_init = nn.initializers.variance_scaling(2.0, "fan_in", "truncated_normal")
+
+Padding = str | Sequence[tuple[int, int]]
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerConfig:
+    """Settings every conv unit of a network shares (a network builds one and hands it to its blocks)."""
+
+    depth_multiplier: float = 1.0
+    min_depth: int = 16
+    bn_momentum: float = 0.9997
+    bn_epsilon: float = 1e-3
+    bn_scale: bool = False
+    bn_axis_name: str | None = None
+    avg_pool_include_padding: bool = False
+    dtype: Any = jnp.float32
+
+    def depth(self, filters: int) -> int:
+        """Filter count after the depth multiplier (TF-slim semantics: never below `min_depth`)."""
+        if self.depth_multiplier == 1.0:
+            return filters
+        return max(self.min_depth, int(filters * self.depth_multiplier))
+
+
+class ConvBN(nn.Module):
+    """Conv (no bias) -> BatchNorm -> ReLU: the unit every ordinary conv of the paper stands for."""
+
+    features: int
+    kernel_size: tuple[int, int]
+    cfg: LayerConfig
+    strides: int = 1
+    padding: Padding = "SAME"
+    activate: bool = True
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        cfg = self.cfg
+        x = nn.Conv(
+            cfg.depth(self.features),
+            self.kernel_size,
+            strides=self.strides,
+            padding=self.padding,
+            use_bias=False,
+            kernel_init=kernel_init,
+            dtype=cfg.dtype,
+            name="conv",
+        )(x)
+        x = nn.BatchNorm(
+            use_running_average=not train,
+            momentum=cfg.bn_momentum,
+            epsilon=cfg.bn_epsilon,
+            use_scale=cfg.bn_scale,
+            axis_name=cfg.bn_axis_name,
+            dtype=cfg.dtype,
+            name="bn",
+        )(x)
+        return nn.relu(x) if self.activate else x
+
+
+def conv_sequence(x: jax.Array, train: bool, cfg: LayerConfig, prefix: str, layers: Sequence[tuple]) -> jax.Array:
+    """Applies one branch: conv units named `{prefix}_0`, `{prefix}_1`, ...
+
+    Each layer is `(filters, kernel)` (stride 1, SAME) or `(filters, kernel, strides, padding)`; an int kernel is
+    square.
+    """
+    for i, layer in enumerate(layers):
+        filters, kernel = layer[:2]
+        strides, padding = layer[2:] if len(layer) > 2 else (1, "SAME")
+        kernel = (kernel, kernel) if isinstance(kernel, int) else kernel
+        x = ConvBN(filters, kernel, cfg, strides=strides, padding=padding, name=f"{prefix}_{i}")(x, train)
+    return x
+
+
+def split_1x3_3x1(x: jax.Array, train: bool, cfg: LayerConfig, prefix: str, filters: int) -> jax.Array:
+    """The expanded filter bank of the 8x8 blocks (v3 paper Fig. 7): parallel 1x3 and 3x1 convs, concatenated."""
+    a = ConvBN(filters, (1, 3), cfg, name=f"{prefix}a")(x, train)
+    b = ConvBN(filters, (3, 1), cfg, name=f"{prefix}b")(x, train)
+    return jnp.concatenate([a, b], axis=-1)
+
+
+def max_pool_3x3_s2(x: jax.Array) -> jax.Array:
+    """The 3x3 stride-2 VALID max pool of every grid reduction."""
+    return nn.max_pool(x, (3, 3), strides=(2, 2), padding="VALID")
+
+
+def avg_pool_3x3(x: jax.Array, include_padding: bool = False) -> jax.Array:
+    """3x3 stride-1 SAME average pool; like TensorFlow it excludes padded zeros from the mean unless asked."""
+    return nn.avg_pool(x, (3, 3), strides=(1, 1), padding="SAME", count_include_pad=include_padding)
+
+
+class InceptionResNetBlock(nn.Module):
+    """The residual Inception pattern (paper Fig. 10-13, 16-19, 20):
+    out = ReLU(x + scale * Conv1x1_linear(concat(branches(x)))).
+
+    The 1x1 "filter expansion" conv has a bias and neither BN nor activation, and matches the input depth.
+    Subclasses define `branches`.
+    """
+
+    cfg: LayerConfig
+    scale: float
+    activate: bool = True
+
+    def branches(self, x: jax.Array, train: bool) -> list[jax.Array]:
+        raise NotImplementedError
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        mixed = jnp.concatenate(self.branches(x, train), axis=-1)
+        residual = nn.Conv(
+            x.shape[-1], (1, 1), use_bias=True, kernel_init=kernel_init, dtype=self.cfg.dtype, name="expand"
+        )(mixed)
+        x = x + self.scale * residual
+        return nn.relu(x) if self.activate else x
+
+
+class AuxHead(nn.Module):
+    """Auxiliary classifier (v3 paper §4, TF-slim's AuxLogits): 5x5/3 avg pool -> 1x1 128 -> 5x5 768 -> dense.
+
+    At 299 input the 17x17 map pools to 5x5 and the 5x5 VALID conv reduces it to 1x1. Smaller inputs shrink the
+    pool window and pad the 5x5 conv instead, so the parameter shapes never depend on the input size.
+    """
+
+    num_classes: int
+    cfg: LayerConfig
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        window = min(5, x.shape[1], x.shape[2])
+        x = nn.avg_pool(x, (window, window), strides=(3, 3), padding="VALID")
+        x = ConvBN(128, (1, 1), self.cfg, name="conv0")(x, train)
+        padding = "VALID" if min(x.shape[1], x.shape[2]) >= 5 else "SAME"
+        x = ConvBN(768, (5, 5), self.cfg, padding=padding, name="conv1")(x, train)
+        x = jnp.mean(x, axis=(1, 2))
+        return nn.Dense(self.num_classes, kernel_init=kernel_init, dtype=self.cfg.dtype, name="fc")(x)

@@ -1,0 +1,103 @@
+"""What the four networks share: the knobs, input checks, the classifier head and the auxiliary head hook."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from inception_jax.models.layers import AuxHead, LayerConfig, kernel_init
+
+MIN_INPUT_SIZE = 75
+
+
+class InceptionNet(nn.Module):
+    """Base of the four networks: backbone -> global average pool -> dropout -> dense.
+
+    Applied as a pure function: `model.apply(variables, x, train=...)` with x NHWC in [-1, 1], at least 75x75.
+    Returns float32 logits. With `mutable=["intermediates"]` it also returns the final feature map before pooling
+    (`features`) and, when `aux_logits` is set, the auxiliary classifier's logits (`aux_logits`, computed only in
+    training and at initialisation).
+    """
+
+    num_classes: int = 1000
+    dropout_rate: float = 0.2  # the paper's keep probability 0.8
+    aux_logits: bool = False
+    depth_multiplier: float = 1.0
+    min_depth: int = 16
+    bn_momentum: float = 0.9997
+    bn_epsilon: float = 1e-3
+    bn_scale: bool = False  # TF-slim has no BN gamma (ReLU follows); timm/PyTorch have one
+    bn_axis_name: str | None = None
+    avg_pool_include_padding: bool = False  # True only to match torchvision/timm's Inception-v3
+    dtype: Any = jnp.float32
+
+    def __post_init__(self) -> None:
+        self.validate()
+        super().__post_init__()
+
+    def validate(self) -> None:
+        """Raises ValueError for settings that cannot build a network."""
+        if not isinstance(self.num_classes, int) or self.num_classes < 1:
+            raise ValueError(f"num_classes must be a positive int, got {self.num_classes!r}")
+        if not 0.0 <= self.dropout_rate < 1.0:
+            raise ValueError(f"dropout_rate must be in [0, 1), got {self.dropout_rate!r}")
+        if not self.depth_multiplier > 0:
+            raise ValueError(f"depth_multiplier must be > 0, got {self.depth_multiplier!r}")
+        if not isinstance(self.min_depth, int) or self.min_depth < 1:
+            raise ValueError(f"min_depth must be a positive int, got {self.min_depth!r}")
+        if not 0.0 <= self.bn_momentum < 1.0:
+            raise ValueError(f"bn_momentum must be in [0, 1), got {self.bn_momentum!r}")
+        if not self.bn_epsilon > 0:
+            raise ValueError(f"bn_epsilon must be > 0, got {self.bn_epsilon!r}")
+
+    @property
+    def layer_config(self) -> LayerConfig:
+        return LayerConfig(
+            depth_multiplier=self.depth_multiplier,
+            min_depth=self.min_depth,
+            bn_momentum=self.bn_momentum,
+            bn_epsilon=self.bn_epsilon,
+            bn_scale=self.bn_scale,
+            bn_axis_name=self.bn_axis_name,
+            avg_pool_include_padding=self.avg_pool_include_padding,
+            dtype=self.dtype,
+        )
+
+    def backbone(self, x: jax.Array, train: bool) -> jax.Array:
+        """Image -> final feature map (before global average pooling). Calls `self.aux` where the aux head sits."""
+        raise NotImplementedError
+
+    def aux(self, x: jax.Array, train: bool) -> None:
+        """Runs the auxiliary classifier on `x` when enabled; its logits go to the `intermediates` collection."""
+        if self.aux_logits and (train or self.is_initializing()):
+            logits = AuxHead(self.num_classes, self.layer_config, name="AuxLogits")(x, train)
+            self.sow("intermediates", "aux_logits", logits.astype(jnp.float32))
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        check_input(x)
+        features = self.backbone(x.astype(self.dtype), train)
+        self.sow("intermediates", "features", features)
+        x = jnp.mean(features, axis=(1, 2))
+        x = nn.Dropout(self.dropout_rate, deterministic=not train, name="Dropout")(x)
+        x = nn.Dense(self.num_classes, kernel_init=kernel_init, dtype=self.dtype, name="Logits")(x)
+        return x.astype(jnp.float32)
+
+
+def check_input(x: jax.Array) -> None:
+    """Raises ValueError unless x is an NHWC batch of 3-channel images of at least 75x75."""
+    if x.ndim != 4:
+        raise ValueError(f"expected an NHWC batch of shape [batch, height, width, 3], got shape {tuple(x.shape)}")
+    if x.shape[-1] != 3:
+        raise ValueError(
+            f"expected 3 channels (RGB, NHWC layout), got {x.shape[-1]} in shape {tuple(x.shape)}; "
+            "expand grayscale to 3 channels and put channels last"
+        )
+    if min(x.shape[1], x.shape[2]) < MIN_INPUT_SIZE:
+        raise ValueError(
+            f"input {x.shape[1]}x{x.shape[2]} is smaller than the minimum {MIN_INPUT_SIZE}x{MIN_INPUT_SIZE} "
+            "these networks accept (the VALID convs and pools would shrink it to nothing); resize the images"
+        )
