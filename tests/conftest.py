@@ -13,3 +13,21 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import inception_jax  # noqa: E402,F401  (sets the CPU XLA defaults before jax is imported)
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def timm_and_torch():
+    """(timm, torch), or a skip when the [parity] extra is missing; CI sets INCEPTION_JAX_REQUIRE_PARITY=1 so that
+    a missing extra fails instead of silently skipping the parity tests."""
+    try:
+        import timm
+        import torch
+    except ImportError as error:
+        message = f"timm/PyTorch not importable ({error}); install them with: pip install -e '.[parity]'"
+        if os.environ.get("INCEPTION_JAX_REQUIRE_PARITY") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    return timm, torch

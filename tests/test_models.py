@@ -1,0 +1,171 @@
+"""The four networks: shapes, exact parameter counts, knobs and input checks."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from inception_jax import models
+
+# (name, overrides, final feature depth)
+NETWORKS = [
+    ("inception_v3", {}, 2048),
+    ("inception_v4", {}, 1536),
+    ("inception_resnet_v1", {}, 1792),
+    ("inception_resnet_v2", {}, 1536),
+    ("inception_resnet_v2", {"variant": "paper"}, 2144),
+]
+IDS = ["v3", "v4", "irv1", "irv2", "irv2-paper"]
+
+# design.md, "Reference parameter counts" (1000 classes): PyTorch-style counts BN gamma, slim-style does not.
+PUBLISHED = {
+    ("inception_v3", "released"): {"torch": 23_834_568, "slim": 23_817_352, "torch_aux": 27_161_264},
+    ("inception_v4", "released"): {"torch": 42_679_816, "slim": 42_648_232, "torch_aux": 46_039_280},
+    ("inception_resnet_v2", "released"): {"torch": 55_843_464, "slim": 55_813_192, "torch_aux": 59_211_120},
+    ("inception_resnet_v2", "paper"): {"torch": 32_433_928},
+    ("inception_resnet_v1", "released"): {"torch": 22_756_328, "slim": 22_742_808},
+}
+
+
+def shapes(model, size, train=False, batch=2):
+    """Output and variable shapes without compiling (exact shape inference)."""
+
+    def run():
+        x = jnp.zeros((batch, size, size, 3))
+        variables = model.init({"params": jax.random.key(0), "dropout": jax.random.key(1)}, x, train=False)
+        out, state = model.apply(
+            variables, x, train=train, mutable=["intermediates", "batch_stats"], rngs={"dropout": jax.random.key(2)}
+        )
+        return variables, out, state["intermediates"]
+
+    return jax.eval_shape(run)
+
+
+@pytest.mark.parametrize("size,grid", [(75, 1), (299, 8)])
+@pytest.mark.parametrize("name,overrides,depth", NETWORKS, ids=IDS)
+def test_output_and_feature_shapes(name, overrides, depth, size, grid):
+    model = models.create(name, num_classes=17, **overrides)
+    _, logits, inter = shapes(model, size)
+    assert logits.shape == (2, 17) and logits.dtype == jnp.float32
+    assert inter["features"][0].shape == (2, grid, grid, depth)
+
+
+@pytest.mark.parametrize("key,counts", list(PUBLISHED.items()), ids=lambda v: str(v))
+def test_parameter_counts_match_published(key, counts):
+    name, variant = key
+    extra = {"variant": variant} if name == "inception_resnet_v2" else {}
+    for kind, expected in counts.items():
+        model = models.create(name, bn_scale=kind != "slim", aux_logits=kind.endswith("aux"), **extra)
+        variables, _, _ = shapes(model, 299, batch=1)
+        assert models.count_params(variables["params"]) == expected, kind
+
+
+def test_aux_head_is_sown_in_training_only():
+    model = models.create("inception_v4", aux_logits=True, num_classes=5)
+    _, _, inter_train = shapes(model, 299, train=True)
+    _, _, inter_eval = shapes(model, 299, train=False)
+    assert inter_train["aux_logits"][0].shape == (2, 5)
+    assert "aux_logits" not in inter_eval
+
+
+def small(name, **overrides):
+    return models.create(name, depth_multiplier=0.1, min_depth=8, num_classes=10, **overrides)
+
+
+@pytest.fixture(scope="module")
+def small_irv2():
+    model = small("inception_resnet_v2", num_blocks=(2, 2, 2))
+    x = jax.random.uniform(jax.random.key(0), (4, 75, 75, 3), minval=-1, maxval=1)
+    return model, models.init(model, 75), x
+
+
+def test_depth_multiplier_shrinks_every_layer(small_irv2):
+    model, variables, _ = small_irv2
+    params = variables["params"]
+    assert params["Stem"]["Conv2d_1a_3x3"]["conv"]["kernel"].shape == (3, 3, 3, 8)  # 32 * 0.1 -> min_depth 8
+    assert params["Conv2d_7b_1x1"]["conv"]["kernel"].shape[-1] == 153  # int(1536 * 0.1)
+    assert models.count_params(params) < 600_000
+
+
+def test_residual_scale_changes_output(small_irv2):
+    model, variables, x = small_irv2
+    other = model.clone(residual_scales=(0.5, 0.5, 0.5))
+    a = model.apply(variables, x, train=False)
+    b = other.apply(variables, x, train=False)
+    assert np.abs(np.asarray(a) - np.asarray(b)).max() > 1e-4
+
+
+def test_train_mode_updates_batch_stats_and_eval_does_not(small_irv2):
+    model, variables, x = small_irv2
+    _, state = model.apply(variables, x, train=True, mutable=["batch_stats"], rngs={"dropout": jax.random.key(0)})
+    before = jax.tree.leaves(variables["batch_stats"])
+    after = jax.tree.leaves(state["batch_stats"])
+    changed = sum(not np.allclose(a, b) for a, b in zip(before, after, strict=True))
+    assert changed == len(before)
+    # Eval is deterministic and uses the stored statistics.
+    np.testing.assert_array_equal(model.apply(variables, x), model.apply(variables, x))
+
+
+def test_dropout_is_active_in_training_only(small_irv2):
+    model, variables, x = small_irv2
+    run = lambda seed: model.apply(
+        variables, x, train=True, mutable=["batch_stats"], rngs={"dropout": jax.random.key(seed)}
+    )[0]
+    assert np.abs(np.asarray(run(0)) - np.asarray(run(1))).max() > 1e-6
+
+
+def test_bfloat16_compute_keeps_float32_params():
+    model = small("inception_v4", num_blocks=(1, 1, 1), dtype="bfloat16")
+    variables = models.init(model, 75)
+    assert {p.dtype for p in jax.tree.leaves(variables["params"])} == {jnp.dtype("float32")}
+    x = jnp.zeros((2, 75, 75, 3))
+    _, inter = model.apply(variables, x, mutable=["intermediates"])
+    assert inter["intermediates"]["features"][0].dtype == jnp.bfloat16
+    assert model.apply(variables, x).dtype == jnp.float32
+
+
+def test_avg_pool_excludes_padding_like_tensorflow():
+    from inception_jax.models.layers import avg_pool_3x3
+
+    x = jnp.arange(9.0).reshape(1, 3, 3, 1)
+    corner = (0 + 1 + 3 + 4) / 4  # TF averages the 4 real values of the corner window
+    assert float(avg_pool_3x3(x)[0, 0, 0, 0]) == pytest.approx(corner)
+    assert float(avg_pool_3x3(x, include_padding=True)[0, 0, 0, 0]) == pytest.approx((0 + 1 + 3 + 4) / 9)
+
+
+@pytest.mark.parametrize(
+    "name,overrides,message",
+    [
+        ("inception_v5", {}, "unknown model"),
+        ("inception_resnet_v2", {"residual_scales": (0.1, 0.0, 0.2)}, "residual_scales"),
+        ("inception_resnet_v1", {"residual_scales": (0.1, -1, 0.2)}, "residual_scales"),
+        ("inception_resnet_v2", {"variant": "odd"}, "variant"),
+        ("inception_v4", {"num_classes": 0}, "num_classes"),
+        ("inception_v4", {"depth_multiplier": 0}, "depth_multiplier"),
+        ("inception_v4", {"dropout_rate": 1.0}, "dropout_rate"),
+        ("inception_v4", {"dtype": "int8"}, "dtype"),
+        ("inception_v4", {"num_blocks": (4, 7)}, "num_blocks"),
+        ("inception_v3", {"residual_scales": (0.1, 0.1, 0.1)}, "no field"),
+    ],
+)
+def test_bad_settings_raise_clear_errors(name, overrides, message):
+    with pytest.raises(ValueError, match=message):
+        models.create(name, **overrides)
+
+
+@pytest.mark.parametrize(
+    "shape,message", [((1, 74, 80, 3), "smaller than the minimum 75x75"), ((1, 75, 75, 1), "3 channels"),
+                      ((75, 75, 3), "NHWC")]
+)  # fmt: skip
+def test_bad_inputs_raise_clear_errors(shape, message):
+    model = models.create("inception_v3")
+    with pytest.raises(ValueError, match=message):
+        jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros(shape)))
+
+
+def test_inference_macs_from_xla_cost_analysis():
+    model = models.create("inception_v3")
+    variables, _, _ = shapes(model, 299, batch=1)
+    gmacs = models.inference_macs(model, variables) / 1e9
+    # Published (fvcore-style) 5.71 GMACs also counts BN, ReLU and pools; XLA counts the convs and dense: 5.50.
+    assert 5.4 < gmacs < 5.8
