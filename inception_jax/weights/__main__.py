@@ -9,7 +9,6 @@ import argparse
 import sys
 from pathlib import Path
 
-import inception_jax  # noqa: F401  (XLA defaults before jax)
 from inception_jax import models
 from inception_jax.weights import store
 from inception_jax.weights.timm import TIMM_MODELS, WeightImportError, from_timm

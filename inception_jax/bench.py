@@ -1,0 +1,293 @@
+"""Speed of our jitted train step and inference beside timm's, in one run on the same machine.
+
+    python -m inception_jax.bench --model inception_v4 --batch 8 --image-size 299 --mode infer --vs-timm
+    python -m inception_jax.bench --all --vs-timm --json bench.jsonl
+
+Reports compile time, steady-state images/s (median of timed runs after warm-up, each ending in
+`block_until_ready`), peak memory (the device's where the backend reports it, else the host's peak RSS),
+FLOPs per image from XLA's cost analysis, the achieved FLOP/s and MFU where a peak is known or given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from inception_jax import models
+
+# Dense bfloat16 peaks (FLOP/s) for MFU; anything else takes --peak-tflops.
+DEVICE_PEAK_FLOPS = {"NVIDIA H100 80GB HBM3": 989e12, "NVIDIA H200": 989e12, "NVIDIA A100-SXM4-80GB": 312e12}
+
+# The target matrix of the performance issue: (model, mode, batch, image size).
+MATRIX = [
+    (model, mode, batch, size)
+    for model in ("inception_v4", "inception_resnet_v2")
+    for mode, batch, size in (("train", 8, 299), ("train", 32, 75), ("infer", 8, 299))
+]
+
+
+@dataclasses.dataclass
+class Result:
+    impl: str
+    model: str
+    mode: str
+    batch: int
+    image_size: int
+    dtype: str
+    images_per_s: float
+    step_ms: float
+    compile_s: float | None = None
+    flops_per_image: float | None = None
+    achieved_tflops: float | None = None
+    mfu: float | None = None
+    peak_memory_gib: float | None = None
+    memory_kind: str | None = None
+    device: str = ""
+    threads: int | None = None
+
+
+def time_steps(step: Callable[[], Any], warmup: int, repeats: int) -> list[float]:
+    """Seconds per call of `step` (which must block until its work is done), after `warmup` untimed calls."""
+    for _ in range(warmup):
+        step()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def peak_memory() -> tuple[float | None, str]:
+    stats = jax.devices()[0].memory_stats()
+    if stats and "peak_bytes_in_use" in stats:
+        return stats["peak_bytes_in_use"] / 2**30, "device"
+    # ru_maxrss is in KiB on Linux: the whole process's high-water mark, compile included.
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, "host"
+
+
+def _finish(result: Result, flops_per_step: float | None, peak_flops: float | None) -> Result:
+    if flops_per_step:
+        result.flops_per_image = flops_per_step / result.batch
+        result.achieved_tflops = flops_per_step / (result.step_ms / 1e3) / 1e12
+        if peak_flops:
+            result.mfu = result.achieved_tflops * 1e12 / peak_flops
+    result.peak_memory_gib, result.memory_kind = peak_memory()
+    return result
+
+
+def bench_ours(
+    name: str,
+    mode: str,
+    batch: int,
+    size: int,
+    dtype: str,
+    warmup: int,
+    repeats: int,
+    peak_flops: float | None,
+    remat: bool = False,
+) -> Result:
+    """Our jitted inference function or train step (forward, backward, optimizer update, BN update)."""
+    rng = np.random.default_rng(0)
+    images = jnp.asarray(rng.uniform(-1, 1, (batch, size, size, 3)).astype(np.float32))
+    if mode == "infer":
+        model = models.create(name, dtype=dtype)
+        variables = models.init(model, size)
+        fn = jax.jit(lambda v, x: model.apply(v, x, train=False))
+        args: tuple = (variables, images)
+        start = time.perf_counter()
+        compiled = fn.lower(*args).compile()
+        compile_s = time.perf_counter() - start
+        step = lambda: compiled(*args).block_until_ready()
+    else:
+        from inception_jax.training import bench_support
+
+        compiled, state, batch_arrays, compile_s = bench_support.compiled_train_step(
+            name, batch, size, dtype, remat=remat
+        )
+        holder = {"state": state}
+
+        def step() -> None:
+            holder["state"], metrics = compiled(holder["state"], batch_arrays)
+            jax.block_until_ready(metrics)
+
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    times = time_steps(step, warmup, repeats)
+    median = statistics.median(times)
+    result = Result(
+        "ours", name, mode, batch, size, dtype, batch / median, median * 1e3, compile_s=compile_s,
+        device=jax.devices()[0].device_kind,
+    )  # fmt: skip
+    return _finish(result, cost.get("flops") if cost else None, peak_flops)
+
+
+def bench_timm(
+    name: str,
+    mode: str,
+    batch: int,
+    size: int,
+    warmup: int,
+    repeats: int,
+    channels_last: bool,
+    threads: int,
+    amp: bool = False,
+) -> Result:
+    """timm's model of the same name in PyTorch eager mode: inference under inference_mode, or a train step with
+    forward, backward and an RMSprop update."""
+    import timm
+    import torch
+
+    torch.set_num_threads(threads)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = timm.create_model(name, pretrained=False).to(device)
+    x = torch.randn(batch, 3, size, size, device=device)
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    model = model.to(memory_format=memory_format)
+    x = x.contiguous(memory_format=memory_format)
+    autocast = torch.autocast(device, dtype=torch.bfloat16, enabled=amp)
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    if mode == "infer":
+        model.eval()
+
+        def step() -> None:
+            with torch.inference_mode(), autocast:
+                model(x)
+            sync()
+    else:
+        model.train()
+        labels = torch.randint(0, 1000, (batch,), device=device)
+        optimizer = torch.optim.RMSprop(model.parameters(), lr=0.045, alpha=0.9, eps=1.0, momentum=0.9)
+
+        def step() -> None:
+            optimizer.zero_grad(set_to_none=True)
+            with autocast:
+                loss = torch.nn.functional.cross_entropy(model(x), labels)
+            loss.backward()
+            optimizer.step()
+            sync()
+
+    times = time_steps(step, warmup, repeats)
+    median = statistics.median(times)
+    label = "timm" + ("-channels_last" if channels_last else "") + ("-amp" if amp else "")
+    kind = torch.cuda.get_device_name() if device == "cuda" else "cpu"
+    result = Result(label, name, mode, batch, size, "bfloat16" if amp else "float32", batch / median, median * 1e3,
+                    device=kind, threads=threads)  # fmt: skip
+    if device == "cuda":
+        result.peak_memory_gib, result.memory_kind = torch.cuda.max_memory_allocated() / 2**30, "device"
+    else:
+        result.peak_memory_gib, result.memory_kind = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, "host"
+    return result
+
+
+def format_table(results: list[Result]) -> str:
+    header = (
+        "| impl | model | mode | batch | size | dtype | img/s | step ms | compile s | GFLOP/img | TFLOP/s | MFU "
+        "| peak GiB | vs best timm |"
+    )
+    lines = [header, "|" + "---|" * (header.count("|") - 1)]
+    best_timm: dict[tuple, float] = {}
+    for r in results:
+        if r.impl.startswith("timm"):
+            key = (r.model, r.mode, r.batch, r.image_size)
+            best_timm[key] = max(best_timm.get(key, 0.0), r.images_per_s)
+    fmt = lambda v, spec: "—" if v is None else format(v, spec)
+    for r in results:
+        ref = best_timm.get((r.model, r.mode, r.batch, r.image_size))
+        ratio = f"{r.images_per_s / ref:.2f}x" if ref and r.impl == "ours" else ""
+        gflop = None if r.flops_per_image is None else r.flops_per_image / 1e9
+        mfu = None if r.mfu is None else 100 * r.mfu
+        lines.append(
+            f"| {r.impl} | {r.model} | {r.mode} | {r.batch} | {r.image_size} | {r.dtype} | {r.images_per_s:.2f} | "
+            f"{r.step_ms:.0f} | {fmt(r.compile_s, '.1f')} | {fmt(gflop, '.2f')} | {fmt(r.achieved_tflops, '.3f')} | "
+            f"{fmt(mfu, '.1f')} | {fmt(r.peak_memory_gib, '.2f')} | {ratio} |"
+        )
+    return "\n".join(lines)
+
+
+def run_job(job: dict) -> Result:
+    """One measurement, in this process."""
+    if job["impl"] == "ours":
+        return bench_ours(job["model"], job["mode"], job["batch"], job["size"], job["dtype"], job["warmup"],
+                          job["repeats"], job["peak_flops"], job["remat"])  # fmt: skip
+    return bench_timm(job["model"], job["mode"], job["batch"], job["size"], job["warmup"], job["repeats"],
+                      job["channels_last"], job["threads"], amp=job["amp"])  # fmt: skip
+
+
+def run_isolated(job: dict) -> Result:
+    """One measurement in a fresh process, so that neither framework's thread pools, caches or memory high-water
+    mark affect the other's figures."""
+    out = subprocess.run(
+        [sys.executable, "-m", "inception_jax.bench", "--worker", json.dumps(job)],
+        check=True, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    return Result(**json.loads(out.stdout.strip().splitlines()[-1]))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m inception_jax.bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="inception_v4", choices=models.MODEL_NAMES)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--image-size", type=int, default=299)
+    parser.add_argument("--mode", choices=("train", "infer"), default="infer")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+    parser.add_argument("--vs-timm", action="store_true", help="also time timm's model (eager and channels_last)")
+    parser.add_argument("--timm-amp", action="store_true", help="time timm under bfloat16 autocast too")
+    parser.add_argument(
+        "--all", action="store_true", help="run the matrix: v4 and IR-v2 x (train b8@299, b32@75, infer b8@299)"
+    )
+    parser.add_argument("--remat", action="store_true", help="rematerialise each block in the train step")
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)), help="PyTorch threads")
+    parser.add_argument("--peak-tflops", type=float, help="device peak for MFU when not known")
+    parser.add_argument("--json", help="append results as JSON lines to this file")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        print(json.dumps(dataclasses.asdict(run_job(json.loads(args.worker)))))
+        return 0
+    if args.batch < 1 or args.image_size < models.MIN_INPUT_SIZE:
+        parser.error(f"--batch must be >= 1 and --image-size >= {models.MIN_INPUT_SIZE}")
+    if args.vs_timm:
+        try:
+            import timm  # noqa: F401
+        except ImportError:
+            parser.error("--vs-timm needs timm and PyTorch: pip install -e '.[parity]'")
+
+    peak = args.peak_tflops * 1e12 if args.peak_tflops else DEVICE_PEAK_FLOPS.get(jax.devices()[0].device_kind)
+    common = dict(dtype=args.dtype, warmup=args.warmup, repeats=args.repeats, peak_flops=peak, remat=args.remat,
+                  threads=args.threads, amp=False, channels_last=False)  # fmt: skip
+    timm_variants = [dict(channels_last=False), dict(channels_last=True)]
+    if args.timm_amp:
+        timm_variants.append(dict(channels_last=True, amp=True))
+    results: list[Result] = []
+    for name, mode, batch, size in MATRIX if args.all else [(args.model, args.mode, args.batch, args.image_size)]:
+        print(f"# {name} {mode} batch {batch} at {size}x{size}", file=sys.stderr, flush=True)
+        job = dict(common, model=name, mode=mode, batch=batch, size=size)
+        jobs = [dict(job, impl="ours")] + [dict(job, impl="timm", **v) for v in timm_variants] * args.vs_timm
+        for one in jobs:
+            results.append(run_isolated(one))
+            if args.json:
+                with open(args.json, "a") as f:
+                    f.write(json.dumps(dataclasses.asdict(results[-1])) + "\n")
+    print(f"jax {jax.__version__} on {jax.devices()[0].device_kind}; XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
+    print(format_table(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
