@@ -3,6 +3,8 @@
 
 import os
 
+import pytest
+
 os.environ.setdefault("XLA_FLAGS", "")
 if "xla_force_host_platform_device_count" not in os.environ["XLA_FLAGS"]:
     os.environ["XLA_FLAGS"] += " --xla_force_host_platform_device_count=8"
@@ -13,8 +15,6 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import inception_jax  # noqa: E402,F401  (sets the CPU XLA defaults before jax is imported)
-
-import pytest  # noqa: E402
 
 
 @pytest.fixture(scope="session")
