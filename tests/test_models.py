@@ -169,3 +169,10 @@ def test_inference_macs_from_xla_cost_analysis():
     gmacs = models.inference_macs(model, variables) / 1e9
     # Published (fvcore-style) 5.71 GMACs also counts BN, ReLU and pools; XLA counts the convs and dense: 5.50.
     assert 5.4 < gmacs < 5.8
+
+
+def test_dead_fraction():
+    assert float(models.dead_fraction(jnp.zeros((2, 8, 8, 16)))) == 1.0
+    known = jnp.array([[0.0, 1.0], [0.0, -0.0]]).reshape(1, 2, 2, 1)  # three zeros (-0.0 is zero) of four
+    assert float(models.dead_fraction(known)) == 0.75
+    assert float(models.dead_fraction(jnp.full((1, 3, 3, 2), 1e-30))) == 0.0

@@ -12,7 +12,7 @@ import numpy as np
 from inception_jax.models.inception_resnet import VARIANTS, InceptionResNetV1, InceptionResNetV2
 from inception_jax.models.inception_v3 import InceptionV3
 from inception_jax.models.inception_v4 import InceptionV4
-from inception_jax.models.network import MIN_INPUT_SIZE, InceptionNet
+from inception_jax.models.network import MIN_INPUT_SIZE, InceptionNet, dead_fraction
 
 REGISTRY: dict[str, type[InceptionNet]] = {
     "inception_v3": InceptionV3,
@@ -76,5 +76,6 @@ __all__ = [
     "InceptionV4",
     "count_params",
     "create",
+    "dead_fraction",
     "inference_macs",
 ]

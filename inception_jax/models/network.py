@@ -101,3 +101,9 @@ def check_input(x: jax.Array) -> None:
             f"input {x.shape[1]}x{x.shape[2]} is smaller than the minimum {MIN_INPUT_SIZE}x{MIN_INPUT_SIZE} "
             "these networks accept (the VALID convs and pools would shrink it to nothing); resize the images"
         )
+
+
+def dead_fraction(features: jax.Array) -> jax.Array:
+    """Fraction of exactly-zero activations in a feature map: the paper's failure signature (§3.3: unscaled wide
+    residual nets "died", the last layer before the average pool producing only zeros)."""
+    return jnp.mean((features == 0).astype(jnp.float32))
