@@ -23,9 +23,17 @@ setup(
         "absl-py>=2.1.0",
         "numpy>=2.0",
         "safetensors>=0.4.0",
+        # The input pipeline: tf.data measured 1.8x grain per core with the same preprocessing (README, Data).
+        "tensorflow-cpu>=2.21.0",
+        "tensorflow-datasets>=4.9.10",
+        "array_record>=0.8.6",
+        "importlib_resources>=7.1.0",
+        "scikit-learn>=1.9.1",
+        "pillow>=13.0.0",
     ],
     extras_require={
         "test": ["pytest>=8.0", "pytest-xdist>=3.5", "ruff>=0.6"],
+        "bench": ["grain>=0.2.18"],
         # timm and PyTorch are only needed to prove parity and to read timm checkpoints' reference outputs.
         "parity": ["torch==2.14.1", "torchvision==0.29.1", "timm>=1.0.31"],
     },

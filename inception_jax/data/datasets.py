@@ -1,0 +1,365 @@
+"""Data sets by name: what each one is (`DatasetInfo`) and random access to its examples (`Source`).
+
+Random access by index is what lets the pipeline make every batch a pure function of (seed, step). The sources
+here need no TensorFlow to open; tensorflow-datasets sources live in `tfds_source`.
+
+- `digits`: scikit-learn's bundled 8x8 handwritten digits (1,797 images, labels 0-9, no download), split once and
+  for all by a fixed permutation into 1,437 train and 360 test images.
+- `fashion_mnist`: the four IDX files in `fashion_mnist_dir` (60,000 train, 10,000 test, 28x28 grayscale), or
+  tensorflow-datasets' copy when those are absent.
+- `image_folder`: the user's images, one sub-directory per class.
+- `fake`: random images of any shape, for benchmarks.
+- anything else: a tensorflow-datasets name (see `tfds_source`).
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import functools
+import gzip
+import os
+import zlib
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+import ml_collections
+import numpy as np
+
+if TYPE_CHECKING:
+    import tensorflow as tf
+
+INCEPTION, SIMPLE = "inception", "simple"
+# Data sets whose images all have this shorter side or less get the simple preprocessing under "auto".
+SIMPLE_MAX_SIDE = 63
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+    """What the model and the schedule need to know about a data set."""
+
+    name: str
+    num_classes: int
+    num_examples: dict[str, int]  # per split name
+    train_split: str
+    eval_split: str
+    class_names: tuple[str, ...] = ()
+    image_shape: tuple[int, int, int] | None = None  # [h, w, c] when all images share it
+    preprocessing: str = INCEPTION  # what preprocessing="auto" means here
+
+
+class Source(abc.ABC):
+    """Random access to one data set's examples.
+
+    `read` runs in Python (inside `tf.numpy_function`) and returns per example a value of `value_dtype` and
+    `value_shape` plus an int32 label; `decode_tf` turns a value into a uint8 [h, w, c] image inside the graph.
+    """
+
+    info: DatasetInfo
+    value_dtype: str = "uint8"
+    value_shape: tuple[int | None, ...] = (None, None, None)
+
+    def num_examples(self, split: str) -> int:
+        """Examples in `split`; a clear error for a split the data set does not have."""
+        if split not in self.info.num_examples:
+            raise ValueError(
+                f"data set {self.info.name!r} has no split {split!r}; it has {sorted(self.info.num_examples)}. "
+                "Set config field dataset.train_split / dataset.eval_split."
+            )
+        return self.info.num_examples[split]
+
+    @abc.abstractmethod
+    def read(self, split: str, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(values, int32 labels) of the examples at `indices` of `split`."""
+
+    def decode_tf(self, value: tf.Tensor, label: tf.Tensor, image_size: int) -> tuple[tf.Tensor, tf.Tensor]:
+        """(uint8 [h, w, c] image, int32 label) from what `read` returned for one example."""
+        del image_size
+        return value, label
+
+
+def make_info(config: ml_collections.ConfigDict, name: str, num_classes: int, num_examples: Mapping[str, int],
+               **kwargs) -> DatasetInfo:
+    """A DatasetInfo with the configured split names, or the defaults: "train", and "validation" or "test"."""
+    train_split = config.train_split or "train"
+    eval_split = config.eval_split or ("validation" if "validation" in num_examples else "test")
+    return DatasetInfo(name=name, num_classes=num_classes, num_examples=dict(num_examples),
+                       train_split=train_split, eval_split=eval_split, **kwargs)
+
+
+def check_splits(source: Source) -> Source:
+    """Fails now, naming the config field, if a configured split is missing."""
+    source.num_examples(source.info.train_split)
+    source.num_examples(source.info.eval_split)
+    return source
+
+
+class ArraySource(Source):
+    """Examples held in memory as uint8 [n, h, w, c] arrays, one per split."""
+
+    def __init__(self, info: DatasetInfo, load_split):
+        self.info = info
+        self._load_split = load_split  # split -> (images, labels), loaded on first read
+        self.value_shape = info.image_shape
+
+    def read(self, split: str, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        images, labels = self._load_split(split)
+        return images[indices], labels[indices]
+
+
+# --- digits -------------------------------------------------------------------------------------------------------
+
+DIGITS_TEST_SIZE = 360
+DIGITS_SPLIT_SEED = 0
+
+
+@functools.cache
+def digits_splits() -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    # 17 grey levels (0-16) spread over 0-255.
+    images = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)[..., None]
+    labels = digits.target.astype(np.int32)
+    test = np.zeros(len(labels), bool)
+    test[np.random.default_rng(DIGITS_SPLIT_SEED).permutation(len(labels))[:DIGITS_TEST_SIZE]] = True
+    return {"train": (images[~test], labels[~test]), "test": (images[test], labels[test])}
+
+
+def _open_digits(config: ml_collections.ConfigDict) -> Source:
+    splits = digits_splits()
+    info = make_info(config, "digits", 10, {k: len(v[1]) for k, v in splits.items()},
+                     class_names=tuple(str(i) for i in range(10)), image_shape=(8, 8, 1), preprocessing=SIMPLE)
+    return ArraySource(info, splits.__getitem__)
+
+
+# --- IDX (MNIST layout) ---------------------------------------------------------------------------------------------
+
+FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                         "Ankle boot")
+_IDX_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+              "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+_IDX_UBYTE = 0x08
+
+
+def _idx_path(directory: str, stem: str) -> str | None:
+    for path in (os.path.join(directory, stem + ".gz"), os.path.join(directory, stem)):
+        if os.path.isfile(path):
+            return path
+    return None
+
+
+def _open_idx_file(path: str):
+    return gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb")
+
+
+def _idx_header(f) -> tuple[int, ...]:
+    """Dimensions from an IDX header (big-endian: 0, 0, type, rank, then one uint32 per dimension)."""
+    magic = f.read(4)
+    if len(magic) != 4 or magic[:2] != b"\0\0" or magic[2] != _IDX_UBYTE:
+        raise ValueError(f"{getattr(f, 'name', f)} is not an unsigned-byte IDX file")
+    return tuple(int(d) for d in np.frombuffer(f.read(4 * magic[3]), ">u4"))
+
+
+@functools.cache
+def read_idx(path: str) -> np.ndarray:
+    """A whole IDX file (gzipped or not) as a uint8 array."""
+    with _open_idx_file(path) as f:
+        shape = _idx_header(f)
+        data = np.frombuffer(f.read(), np.uint8)
+    if data.size != np.prod(shape):
+        raise ValueError(f"{path}: header says {shape}, found {data.size} bytes")
+    return data.reshape(shape)
+
+
+def idx_files(directory: str) -> dict[str, tuple[str, str]] | None:
+    """{split: (images, labels)} paths when `directory` holds all four MNIST-layout files, else None."""
+    found = {split: tuple(_idx_path(directory, stem) for stem in stems) for split, stems in _IDX_FILES.items()}
+    return None if any(p is None for paths in found.values() for p in paths) else found
+
+
+def _open_idx(config: ml_collections.ConfigDict, name: str, files: dict[str, tuple[str, str]],
+              class_names: tuple[str, ...]) -> Source:
+    counts = {}
+    for split, (images, labels) in files.items():
+        with _open_idx_file(images) as f:
+            n, h, w = _idx_header(f)
+        with _open_idx_file(labels) as f:
+            (n_labels,) = _idx_header(f)
+        if n != n_labels:
+            raise ValueError(f"{images} has {n} images but {labels} has {n_labels} labels")
+        counts[split] = n
+
+    def load_split(split: str) -> tuple[np.ndarray, np.ndarray]:
+        images, labels = files[split]
+        return read_idx(images)[..., None], read_idx(labels).astype(np.int32)
+
+    info = make_info(config, name, len(class_names), counts, class_names=class_names, image_shape=(h, w, 1),
+                     preprocessing=SIMPLE)
+    return ArraySource(info, load_split)
+
+
+# --- image folder ---------------------------------------------------------------------------------------------------
+
+
+def _images_under(directory: str) -> list[str]:
+    return sorted(
+        os.path.join(root, f)
+        for root, _, files in os.walk(directory, followlinks=True)
+        for f in files
+        if f.lower().endswith(IMAGE_EXTENSIONS)
+    )
+
+
+def _subdirs(directory: str) -> list[str]:
+    return sorted(e.name for e in os.scandir(directory) if e.is_dir() and not e.name.startswith("."))
+
+
+class ImageFolderSource(Source):
+    """<dir>/<class>/<image>, split by hashing each path (stable when images are added), or
+    <dir>/<split>/<class>/<image> when <dir>/<train_split> exists. Labels number the class names in sorted order."""
+
+    value_dtype = "string"
+    value_shape = ()
+
+    def __init__(self, config: ml_collections.ConfigDict):
+        root = config.image_folder_dir
+        if not root or not os.path.isdir(root):
+            raise FileNotFoundError(
+                f"image_folder: config field dataset.image_folder_dir = {root!r} is not a directory; point it at a "
+                "directory with one sub-directory of images per class."
+            )
+        train_split = config.train_split or "train"
+        if os.path.isdir(os.path.join(root, train_split)):  # <dir>/<split>/<class>/<image>
+            eval_split = config.eval_split or next(
+                (s for s in ("validation", "val", "test") if os.path.isdir(os.path.join(root, s))), "test")
+            split_names = [train_split, eval_split]
+            split_dirs = [os.path.join(root, s) for s in split_names]
+            if not os.path.isdir(split_dirs[1]):
+                raise FileNotFoundError(f"image_folder: {split_dirs[1]} is not a directory; name the evaluation "
+                                        "split's directory in config field dataset.eval_split")
+            classes = sorted(set().union(*(_subdirs(d) for d in split_dirs)))
+            files = {s: self._labelled(d, classes) for s, d in zip(split_names, split_dirs, strict=True)}
+        else:  # <dir>/<class>/<image>
+            split_names = [train_split, config.eval_split or "test"]
+            classes = _subdirs(root)
+            everything = self._labelled(root, classes)
+            threshold = int(config.image_folder_eval_fraction * 2**32)
+            held_out = np.array([zlib.crc32(os.path.relpath(p, root).encode()) < threshold for p in everything[0]],
+                                bool)
+            files = {split_names[0]: (everything[0][~held_out], everything[1][~held_out]),
+                     split_names[1]: (everything[0][held_out], everything[1][held_out])}
+        if not classes or not len(files[split_names[0]][0]):
+            raise FileNotFoundError(f"image_folder: no images ({', '.join(IMAGE_EXTENSIONS)}) in class "
+                                    f"sub-directories of {root} (config field dataset.image_folder_dir)")
+        self._files = files
+        self.info = DatasetInfo(name="image_folder", num_classes=len(classes),
+                                num_examples={s: len(f[0]) for s, f in files.items()},
+                                train_split=split_names[0], eval_split=split_names[1], class_names=tuple(classes))
+
+    @staticmethod
+    def _labelled(directory: str, classes: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        paths, labels = [], []
+        for label, name in enumerate(classes):
+            if os.path.isdir(os.path.join(directory, name)):
+                found = _images_under(os.path.join(directory, name))
+                paths += found
+                labels += [label] * len(found)
+        return np.array(paths, dtype=object), np.array(labels, np.int32)
+
+    def read(self, split: str, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        paths, labels = self._files[split]
+        return paths[indices], labels[indices]
+
+    def decode_tf(self, value: tf.Tensor, label: tf.Tensor, image_size: int) -> tuple[tf.Tensor, tf.Tensor]:
+        from inception_jax.data._tf import tf
+
+        image = tf.io.decode_image(tf.io.read_file(value), channels=3, expand_animations=False)
+        return image, label
+
+
+# --- fake -----------------------------------------------------------------------------------------------------------
+
+
+class FakeSource(Source):
+    """Random uint8 images, each a pure function of its split and index; label = index mod num_classes."""
+
+    value_dtype = "int64"
+    value_shape = ()
+
+    def __init__(self, config: ml_collections.ConfigDict):
+        shape = tuple(int(d) for d in config.fake_image_shape)
+        if len(shape) != 3 or shape[2] not in (1, 3) or min(shape) < 0:
+            raise ValueError(f"config field dataset.fake_image_shape must be (h, w, 1 or 3), got {shape}")
+        self._shape = shape
+        self.info = make_info(config, "fake", int(config.num_classes), dict(config.num_examples),
+                              image_shape=shape if min(shape) > 0 else None, preprocessing=SIMPLE)
+
+    def read(self, split: str, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        indices = np.asarray(indices, np.int64)
+        # The split's name picks the random stream (high bits), so train and test images differ.
+        keys = indices + ((zlib.crc32(split.encode()) & 0x3FFFFFFF) << 32)
+        return keys, (indices % self.info.num_classes).astype(np.int32)
+
+    def decode_tf(self, value: tf.Tensor, label: tf.Tensor, image_size: int) -> tuple[tf.Tensor, tf.Tensor]:
+        from inception_jax.data._tf import tf
+
+        shape = [d or image_size for d in self._shape[:2]] + [self._shape[2]]
+        image = tf.random.stateless_uniform(shape, tf.stack([tf.constant(0, tf.int64), value]), 0, 256, tf.int32)
+        return tf.cast(image, tf.uint8), label
+
+
+# --- by name --------------------------------------------------------------------------------------------------------
+
+
+def _open_fashion_mnist(config: ml_collections.ConfigDict) -> Source:
+    files = idx_files(config.fashion_mnist_dir)
+    if files is not None:
+        return _open_idx(config, "fashion_mnist", files, FASHION_MNIST_CLASSES)
+    from inception_jax.data import tfds_source
+
+    if tfds_source.is_prepared("fashion_mnist", config):
+        return tfds_source.TfdsSource("fashion_mnist", config)
+    stems = [s + ".gz" for stems in _IDX_FILES.values() for s in stems]
+    raise FileNotFoundError(
+        f"fashion_mnist: the IDX files {', '.join(stems)} are not in {config.fashion_mnist_dir!r} (config field "
+        "dataset.fashion_mnist_dir; Debian/Ubuntu: `apt-get install dataset-fashion-mnist` puts them in "
+        "/usr/share/datasets/fashion-mnist), and tensorflow-datasets has not prepared fashion_mnist in "
+        f"{config.data_dir or 'its default data_dir'!r} (config field dataset.data_dir)."
+    )
+
+
+_OPENERS = {
+    "digits": _open_digits,
+    "fashion_mnist": _open_fashion_mnist,
+    "image_folder": ImageFolderSource,
+    "fake": FakeSource,
+}
+
+
+def open_source(config: ml_collections.ConfigDict) -> Source:
+    """The source named by `config.name`; fails with a clear error, before reading any data, when it is missing."""
+    if not config.name:
+        raise ValueError("config field dataset.name is empty")
+    opener = _OPENERS.get(config.name)
+    if opener is None:
+        from inception_jax.data import tfds_source
+
+        return check_splits(tfds_source.TfdsSource(config.name, config))
+    return check_splits(opener(config))
+
+
+def get_info(config: ml_collections.ConfigDict) -> DatasetInfo:
+    """Name, classes, split sizes and split names of the configured data set, without reading its examples."""
+    return open_source(config).info
+
+
+def resolve_preprocessing(config: ml_collections.ConfigDict, info: DatasetInfo) -> str:
+    """The preprocessing mode the config asks for, with "auto" resolved for this data set."""
+    mode = config.preprocessing
+    if mode == "auto":
+        return info.preprocessing
+    if mode not in (INCEPTION, SIMPLE):
+        raise ValueError(f"config field dataset.preprocessing must be inception, simple or auto; got {mode!r}")
+    return mode
