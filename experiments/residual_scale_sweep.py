@@ -1,0 +1,124 @@
+"""Residual-scale sweep (paper §3.3): one training per scale, all from one base config, then a table and a plot of
+final and best accuracy, divergence/death step and dead fraction against the scale.
+
+    python experiments/residual_scale_sweep.py --model inception_resnet_v2 --scales 0.05,0.1,0.2,0.3,0.5,1.0 \
+        --config configs/quickstart.py --workdir runs/sweep [--dry-run] [--config.num_epochs=4 ...]
+
+Each run lives in `<workdir>/scale_<s>` with `model.residual_scales = (s, s, s)`; extra `--config.*` flags go to
+every run. `--dry-run` prints the commands (to submit as separate jobs on a cluster) instead of running them;
+`--summarize-only` only rebuilds the table and plot from the workdirs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from runs import fmt, launch, main_command, read_run  # noqa: E402
+
+RESIDUAL_MODELS = ("inception_resnet_v1", "inception_resnet_v2")
+
+
+def parse_scales(text: str) -> list[float]:
+    try:
+        scales = [float(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--scales must be comma-separated numbers, got {text!r}") from None
+    if not scales or any(s <= 0 for s in scales):
+        raise argparse.ArgumentTypeError(f"--scales must be positive numbers, got {text!r}")
+    return scales
+
+
+def run_dir(root: Path, scale: float) -> Path:
+    return root / f"scale_{scale:g}"
+
+
+def commands(args: argparse.Namespace, extra: list[str]) -> list[list[str]]:
+    return [
+        main_command(
+            args.config, run_dir(args.workdir, s),
+            [f"--config.model.name={args.model}", f"--config.model.residual_scales=({s},{s},{s})", *extra],
+        )
+        for s in args.scales
+    ]  # fmt: skip
+
+
+def summarize(root: Path, scales: list[float]) -> list[dict]:
+    """Writes `sweep.md`, `sweep.json` and `sweep.png` under root; returns one row per scale."""
+    rows = [{"scale": s, **read_run(run_dir(root, s))} for s in scales]
+    lines = [
+        "| scale | final top-1 % | best top-1 % | final top-5 % | diverged at step | died at step | last dead frac. |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        if r.get("missing"):
+            lines.append(f"| {r['scale']:g} | not run | | | | | |")
+            continue
+        lines.append(
+            f"| {r['scale']:g} | {fmt(r['final_top1'])} | {fmt(r['best_top1'])} | {fmt(r['final_top5'])} | "
+            f"{fmt(r['diverged_step'], 'd')} | {fmt(r['died_step'], 'd')} | {fmt(r['last_dead_fraction'], '.3f')} |"
+        )
+    (root / "sweep.md").write_text("\n".join(lines) + "\n")
+    compact = [{k: v for k, v in r.items() if k not in ("train", "eval")} for r in rows]
+    (root / "sweep.json").write_text(json.dumps(compact, indent=2) + "\n")
+    plot(rows, root / "sweep.png")
+    return rows
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    done = [r for r in rows if not r.get("missing")]
+    scales = [r["scale"] for r in done]
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+    axes[0].plot(scales, [r["final_top1"] for r in done], "o-", label="final top-1")
+    axes[0].plot(scales, [r["best_top1"] for r in done], "s--", label="best top-1")
+    axes[0].set_ylabel("accuracy (%)")
+    axes[0].legend()
+    axes[1].plot(scales, [r["last_dead_fraction"] for r in done], "o-")
+    axes[1].set_ylabel("dead fraction (last train log)")
+    for r in done:
+        step = r["died_step"] if r["died_step"] is not None else r["diverged_step"]
+        if step is not None:
+            axes[2].bar(str(r["scale"]), step)
+    axes[2].set_ylabel("step of death / divergence (none = bar absent)")
+    for ax in axes:
+        ax.set_xlabel("residual scale")
+        if ax is not axes[2]:
+            ax.set_xscale("log")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="inception_resnet_v2", choices=RESIDUAL_MODELS)
+    parser.add_argument("--scales", type=parse_scales, default=parse_scales("0.05,0.1,0.2,0.3,0.5,1.0"))
+    parser.add_argument("--config", default="configs/quickstart.py", help="base config for every run")
+    parser.add_argument("--workdir", type=Path, required=True)
+    parser.add_argument("--dry-run", action="store_true", help="print the commands instead of running them")
+    parser.add_argument("--summarize-only", action="store_true")
+    args, extra = parser.parse_known_args(argv)
+    bad = [a for a in extra if not a.startswith("--config.")]
+    if bad:
+        parser.error(f"unrecognized arguments {bad}: only --config.<field>=<value> overrides pass through")
+    if not Path(args.config).is_file():
+        parser.error(f"--config {args.config} does not exist")
+    if not args.summarize_only:
+        launch(commands(args, extra), args.dry_run, args.workdir / "logs")
+    if args.dry_run:
+        return 0
+    summarize(args.workdir, args.scales)
+    print((args.workdir / "sweep.md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,73 @@
+"""What the experiment scripts share: launching one training run per setting, and reading a run's metrics."""
+
+from __future__ import annotations
+
+import json
+import math
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+DEAD_THRESHOLD = 0.99  # a net whose last feature map is >= 99% exact zeros has "died" (paper §3.3)
+
+
+def main_command(config: str, workdir: Path, overrides: list[str]) -> list[str]:
+    """The `python -m inception_jax.main` command line for one run."""
+    return [sys.executable, "-m", "inception_jax.main", f"--config={config}", f"--workdir={workdir}", *overrides]
+
+
+def launch(commands: list[list[str]], dry_run: bool, log_dir: Path) -> None:
+    """Runs the commands one after another (here), or prints them (to submit as separate jobs on a cluster).
+    A run that fails is reported and the others go on; rerunning resumes each from its checkpoints."""
+    for command in commands:
+        text = shlex.join(command)
+        if dry_run:
+            print(text)
+            continue
+        print(f"$ {text}", flush=True)
+        log_dir.mkdir(parents=True, exist_ok=True)
+        workdir = next(c.split("=", 1)[1] for c in command if c.startswith("--workdir="))
+        with open(log_dir / f"{Path(workdir).name}.log", "a") as log:
+            code = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT).returncode
+        if code:
+            print(f"  exited with {code}; see {log.name}", flush=True)
+
+
+def read_run(workdir: Path) -> dict:
+    """A run's curves and its failure signature from `metrics.jsonl`.
+
+    Returns train/eval records (later records of a step win, as a resumed run appends), final and best eval
+    top-1/top-5 (%), the first step with a non-finite loss (divergence), the first step whose `dead_fraction`
+    reaches DEAD_THRESHOLD (death), the last dead fraction, and steps per epoch.
+    """
+    path = Path(workdir) / "metrics.jsonl"
+    if not path.exists():
+        return {"workdir": str(workdir), "missing": True}
+    by_key: dict[tuple[str, int], dict] = {}
+    for line in path.read_text().splitlines():
+        if line.strip():
+            record = json.loads(line)
+            by_key[(record["split"], record["step"])] = record
+    train = [r for (split, _), r in sorted(by_key.items(), key=lambda kv: kv[0][1]) if split == "train"]
+    evals = [r for (split, _), r in sorted(by_key.items(), key=lambda kv: kv[0][1]) if split == "eval"]
+    per_epoch = next((r["step"] / r["epoch"] for r in train if r.get("epoch")), None)
+    diverged = next((r["step"] for r in train if not math.isfinite(r.get("loss", 0.0))), None)
+    died = next((r["step"] for r in train if r.get("dead_fraction", 0.0) >= DEAD_THRESHOLD), None)
+    return {
+        "workdir": str(workdir),
+        "train": train,
+        "eval": evals,
+        "steps_per_epoch": per_epoch,
+        "final_top1": 100 * evals[-1]["top1"] if evals else None,
+        "final_top5": 100 * evals[-1]["top5"] if evals else None,
+        "best_top1": 100 * max(r["top1"] for r in evals) if evals else None,
+        "diverged_step": diverged,
+        "died_step": died,
+        "last_dead_fraction": train[-1].get("dead_fraction") if train else None,
+        "last_loss": train[-1].get("loss") if train else None,
+    }
+
+
+def fmt(value: float | int | None, spec: str = ".2f") -> str:
+    return "—" if value is None else format(value, spec)

@@ -1,0 +1,80 @@
+"""The experiment scripts: the residual-scale sweep launcher and the pure-vs-residual summary."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "experiments"))
+
+import pure_vs_residual  # noqa: E402
+import residual_scale_sweep  # noqa: E402
+import runs  # noqa: E402
+
+
+@pytest.mark.slow
+def test_sweep_runs_one_workdir_per_scale_with_its_overrides(tmp_path):
+    command = [
+        sys.executable, str(ROOT / "experiments" / "residual_scale_sweep.py"), "--scales", "0.1,1.0",
+        "--config", str(ROOT / "configs" / "quickstart.py"), "--workdir", str(tmp_path),
+        "--config.num_train_steps=2", "--config.eval_every_steps=2", "--config.checkpoint_every_steps=2",
+        "--config.log_every_steps=1", "--config.model.num_blocks=(1,1,1)",
+    ]  # fmt: skip
+    subprocess.run(command, check=True, cwd=ROOT, capture_output=True, text=True)
+    for scale in (0.1, 1.0):
+        workdir = tmp_path / f"scale_{scale:g}"
+        config = json.loads((workdir / "config.json").read_text())
+        assert config["model"]["name"] == "inception_resnet_v2"
+        assert config["model"]["residual_scales"] == [scale] * 3
+        run = runs.read_run(workdir)
+        assert [r["step"] for r in run["train"]] == [1, 2] and len(run["eval"]) == 1
+        assert 0.0 <= run["last_dead_fraction"] <= 1.0
+    rows = json.loads((tmp_path / "sweep.json").read_text())
+    assert [r["scale"] for r in rows] == [0.1, 1.0]
+    assert (tmp_path / "sweep.png").stat().st_size > 0
+    assert "| 0.1 |" in (tmp_path / "sweep.md").read_text()
+
+
+def test_sweep_dry_run_prints_one_command_per_scale(capsys, tmp_path):
+    residual_scale_sweep.main(["--scales", "0.05,0.3", "--workdir", str(tmp_path), "--dry-run",
+                               "--config", str(ROOT / "configs" / "quickstart.py"), "--config.num_epochs=2"])  # fmt: skip
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 2
+    assert "--config.model.residual_scales=(0.05,0.05,0.05)" in lines[0] and "scale_0.3" in lines[1]
+    assert all("--config.num_epochs=2" in line for line in lines)
+    assert not (tmp_path / "scale_0.05").exists()
+
+
+@pytest.mark.parametrize("scales", ["0.1,-1", "a,b", ""])
+def test_sweep_rejects_bad_scales(scales, tmp_path):
+    with pytest.raises(SystemExit):
+        residual_scale_sweep.main(["--scales", scales, "--workdir", str(tmp_path), "--dry-run"])
+
+
+def write_run(workdir: Path, evals: list[tuple[int, float, float]], dead: list[float], losses: list[float]):
+    workdir.mkdir(parents=True)
+    records = [{"step": i + 1, "split": "train", "epoch": (i + 1) / 10, "loss": loss, "dead_fraction": d}
+               for i, (d, loss) in enumerate(zip(dead, losses, strict=True))]  # fmt: skip
+    records += [{"step": s, "split": "eval", "top1": t1, "top5": t5} for s, t1, t5 in evals]
+    (workdir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+
+
+def test_read_run_finds_death_and_divergence(tmp_path):
+    write_run(tmp_path / "a", [(10, 0.5, 0.9), (20, 0.25, 0.8)], [0.2, 0.995, 1.0], [2.0, float("nan"), 1.0])
+    run = runs.read_run(tmp_path / "a")
+    assert run["died_step"] == 2 and run["diverged_step"] == 2
+    assert run["final_top1"] == 25.0 and run["best_top1"] == 50.0 and run["steps_per_epoch"] == 10
+    assert runs.read_run(tmp_path / "missing")["missing"]
+
+
+def test_pure_vs_residual_table_and_plots(tmp_path):
+    write_run(tmp_path / "inception_v3", [(10, 0.5, 0.9), (20, 0.6, 0.95)], [0.1] * 2, [1.0] * 2)
+    write_run(tmp_path / "inception_resnet_v1", [(10, 0.7, 0.9), (20, 0.8, 0.99)], [0.1] * 2, [1.0] * 2)
+    markdown = pure_vs_residual.summarize(tmp_path, ["v3", "v4"])
+    assert "| 1 | 50.00 / 10.00 | 30.00 / 10.00 |" in markdown
+    assert "| 2 | 40.00 / 5.00 | 20.00 / 1.00 |" in markdown
+    assert "inception_v4 vs inception_resnet_v2: not run yet" in markdown
+    assert (tmp_path / "inception_v3_vs_inception_resnet_v1.png").stat().st_size > 0
