@@ -39,8 +39,10 @@ def test_sweep_runs_one_workdir_per_scale_with_its_overrides(tmp_path):
 
 
 def test_sweep_dry_run_prints_one_command_per_scale(capsys, tmp_path):
-    residual_scale_sweep.main(["--scales", "0.05,0.3", "--workdir", str(tmp_path), "--dry-run",
-                               "--config", str(ROOT / "configs" / "quickstart.py"), "--config.num_epochs=2"])  # fmt: skip
+    config = str(ROOT / "configs" / "quickstart.py")
+    residual_scale_sweep.main(
+        ["--scales", "0.05,0.3", "--workdir", str(tmp_path), "--dry-run", "--config", config, "--config.num_epochs=2"]
+    )
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 2
     assert "--config.model.residual_scales=(0.05,0.05,0.05)" in lines[0] and "scale_0.3" in lines[1]
