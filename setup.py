@@ -30,6 +30,9 @@ setup(
         "importlib_resources>=7.1.0",
         "scikit-learn>=1.9.1",
         "pillow>=13.0.0",
+        # Metrics and plots of the training loop.
+        "tensorboard>=2.21.0",
+        "matplotlib>=3.11.2",
     ],
     extras_require={
         "test": ["pytest>=8.0", "pytest-xdist>=3.5", "ruff>=0.6"],

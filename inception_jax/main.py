@@ -1,0 +1,138 @@
+"""Train or evaluate one experiment:
+
+    python -m inception_jax.main --config configs/quickstart.py --workdir runs/quickstart
+    python -m inception_jax.main --config configs/inception_v4.py --workdir runs/v4 --config.batch_size=256
+    python -m inception_jax.main --config configs/quickstart.py --workdir runs/quickstart --config.mode=evaluate
+
+--config defaults to configs/quickstart.py (a small Inception-ResNet-v2 on scikit-learn's digits: minutes on a
+laptop CPU, no download). Rerunning a command resumes from the checkpoints in --workdir. Several processes (hosts):
+give each --coordinator_address, --num_processes and its --process_id (or set JAX_COORDINATOR_ADDRESS).
+"""
+
+# isort: off
+import logging as std_logging
+import os
+import sys
+
+import inception_jax  # noqa: F401  (sets the CPU XLA defaults; must come before jax)
+
+# isort: on
+import jax  # noqa: E402
+from absl import app, flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from inception_jax.training import config as config_lib  # noqa: E402
+from inception_jax.training import loop, sharding  # noqa: E402
+from inception_jax.training.state import create_model  # noqa: E402
+
+_DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "quickstart.py")
+
+
+
+def _config_path(argv: list[str]) -> str:
+    for i, arg in enumerate(argv):
+        if arg.startswith("--config="):
+            return arg.split("=", 1)[1]
+        if arg == "--config" and i + 1 < len(argv):
+            return argv[i + 1]
+    return _DEFAULT_CONFIG
+
+
+def _exit_on_unknown_override(error: Exception, argv: list[str]) -> None:
+    """config_flags reports `--config.<unknown>=...` as a bare KeyError/AttributeError traceback; name the field."""
+    import importlib.util
+
+    import ml_collections
+
+    try:
+        spec = importlib.util.spec_from_file_location("experiment_config", _config_path(argv))
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        config = module.get_config()
+    except Exception:  # the config file itself is broken: show the original error
+        raise error from None
+    for arg in argv:
+        if not arg.startswith("--config."):
+            continue
+        field = arg[len("--config."):].split("=", 1)[0]
+        node, parents = config, []
+        for part in field.split("."):
+            if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+                known = ", ".join(sorted(node)) if isinstance(node, ml_collections.ConfigDict) else "(not a section)"
+                where = ".".join(parents) or "the config"
+                sys.exit(f"error: config field {field} is unknown ({arg}); known fields of {where}: {known}")
+            node, parents = node[part], [*parents, part]
+    raise error
+
+
+try:
+    _CONFIG = config_flags.DEFINE_config_file("config", _DEFAULT_CONFIG, "Experiment config file (configs/*.py).",
+                                              lock_config=True)
+except (AttributeError, KeyError, TypeError) as _error:
+    _exit_on_unknown_override(_error, sys.argv)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and plots; resumed if present.",
+                               required=True)
+_COORDINATOR = flags.DEFINE_string("coordinator_address", "", "host:port of process 0, for multi-process runs.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", 0, "Number of processes of a multi-process run.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", -1, "This process's index in a multi-process run.")
+_CACHE = flags.DEFINE_string("compilation_cache", os.path.expanduser("~/.cache/inception_jax/xla"),
+                             "Persistent XLA compilation cache ('' = off): resumed and repeated runs start faster.")
+
+
+class _QuietLibraries(std_logging.Filter):
+    """Keeps orbax's per-save INFO chatter (dozens of lines per checkpoint) off the console; warnings still show."""
+
+    def filter(self, record: std_logging.LogRecord) -> bool:
+        if f"{os.sep}orbax{os.sep}" in record.pathname:
+            return record.levelno >= std_logging.WARNING and "did not provide metrics" not in record.getMessage()
+        return True
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    logging.get_absl_handler().addFilter(_QuietLibraries())
+    if _CACHE.value and "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+        jax.config.update("jax_compilation_cache_dir", _CACHE.value)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 2.0)
+    sharding.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+    config, workdir = _CONFIG.value, _WORKDIR.value
+    logging.info("devices: %d (%s), processes: %d", jax.device_count(), jax.devices()[0].platform,
+                 jax.process_count())
+    try:  # a bad config fails here, naming the field, before anything is compiled
+        info = config_lib.validate(config, device_count=jax.device_count(), process_count=jax.process_count())
+        create_model(config, info.num_classes)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if config.mode == "evaluate":
+        results = loop.evaluate(config, workdir)
+        print(f"step {results['step']}: top-1 {100 * results['top1']:.2f}%  top-5 {100 * results['top5']:.2f}%  "
+              f"({int(results['num_examples'])} examples)")
+        return 0
+    summary = loop.train_and_evaluate(config, workdir)
+    if jax.process_index() == 0:
+        parts = [f"{config.model.name} on {config.dataset.name}: step {summary['step']}/{summary['total_steps']}"]
+        if "eval_top1" in summary:
+            parts.append(f"final top-1 {100 * summary['eval_top1']:.2f}%  top-5 {100 * summary['eval_top5']:.2f}%")
+        if "images_per_sec" in summary:
+            parts.append(f"{summary['images_per_sec']:.1f} images/s")
+        parts.append(f"wall {summary['wall_seconds']:.0f} s")
+        print("  ".join(parts))
+        if summary.get("plot"):
+            print(f"curves: {summary['plot']}  metrics: {os.path.join(workdir, 'metrics.jsonl')}")
+    if summary["preempted"]:
+        return 143  # 128 + SIGTERM: the run is not finished; the same command resumes it
+    return 0
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+    try:
+        return flags.FLAGS(argv)
+    except (AttributeError, KeyError, TypeError) as error:
+        _exit_on_unknown_override(error, argv)
+        raise
+
+
+if __name__ == "__main__":
+    app.run(main, flags_parser=_parse_flags)

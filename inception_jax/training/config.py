@@ -1,0 +1,157 @@
+"""Every training config key with its default (the paper's recipe), and the checks that turn a bad config into a
+message naming the field before anything is compiled. The files in `configs/` start from `default_config()`."""
+
+from __future__ import annotations
+
+import ml_collections
+
+from inception_jax import data, models
+from inception_jax.training import optim
+
+MODES = ("train", "train_and_evaluate", "evaluate")
+BN_STATISTICS = ("global", "per_device")
+EVAL_CHECKPOINTS = ("latest", "best")
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """The paper's recipe (design.md §2) for Inception-v3 on ImageNet at 299x299; experiments override fields."""
+    c = ml_collections.ConfigDict()
+    c.mode = "train_and_evaluate"
+
+    # Network fields (models.create); an experiment may add residual_scales, variant, num_blocks, ...
+    c.model = ml_collections.ConfigDict()
+    c.model.name = "inception_v3"
+    c.model.aux_logits = True
+    c.model.dropout_rate = 0.2  # keep probability 0.8
+    c.model.depth_multiplier = 1.0
+    c.model.min_depth = 16
+    c.model.bn_momentum = 0.9997
+    c.model.bn_epsilon = 1e-3
+    c.model.bn_scale = False  # TF-slim: no gamma before a ReLU
+    c.model.dtype = "float32"  # compute dtype; "bfloat16" = mixed precision, weights stay float32
+
+    c.dataset = data.default_dataset_config()
+    c.dataset.name = "imagenet2012"
+    c.image_size = 299
+
+    # Global, over all devices and hosts. The paper trained asynchronously (replicas of 32 images, v3: 50 of them);
+    # a synchronous 256 with the paper's lr is our default. Larger batches: lr_scaling="linear" from
+    # lr_base_batch_size and a few warmup_epochs.
+    c.batch_size = 256
+    c.eval_batch_size = 0  # 0 = batch_size
+    c.num_epochs = 160.0  # the paper gives no epoch count
+    c.num_train_steps = -1  # > 0 overrides num_epochs
+
+    # TF1 RMSProp (optim.tf1_rmsprop), or "momentum" (SGD with momentum, the paper's earlier experiments).
+    c.optimizer = "rmsprop"
+    c.learning_rate = 0.045
+    c.lr_decay_factor = 0.94  # staircase: lr * factor ** floor(epoch / lr_decay_epochs)
+    c.lr_decay_epochs = 2.0
+    c.warmup_epochs = 0.0  # linear warm-up from 0; large synchronous batches need a few epochs
+    c.lr_scaling = "none"  # none | linear | sqrt in batch_size / lr_base_batch_size
+    c.lr_base_batch_size = 256
+    c.momentum = 0.9
+    c.rmsprop_decay = 0.9
+    c.rmsprop_epsilon = 1.0
+    c.weight_decay = 4e-5  # coupled L2 on conv/dense kernels, never BN
+    c.weight_decay_biases = False  # also decay conv/dense biases (TF-slim's Inception-ResNet-v2 scope does)
+    c.grad_clip_norm = 2.0  # global norm; 0 = off
+    c.label_smoothing = 0.1
+    c.aux_loss_weight = 0.4
+    c.ema_decay = 0.9999  # of weights and BN statistics, TF's warm-up min(decay, (1+t)/(10+t)); 0 = off
+    c.eval_with_ema = True
+
+    # "global": BN statistics over the whole global batch (a step is the same on any device count).
+    # "per_device": each device's rows normalised on their own, as TF's replicas did; no BN collectives.
+    c.bn_statistics = "global"
+    c.fsdp = False  # shard weights and optimiser state over the devices too (large models / batches)
+    c.fsdp_min_size = 2**14  # arrays with fewer elements stay replicated under FSDP
+
+    c.seed = 0
+    c.log_every_steps = 100
+    c.eval_every_steps = 10_000  # 0 = evaluate at the end only (train_and_evaluate)
+    c.checkpoint_every_steps = 5_000  # and always at the end, on preemption and after every evaluation
+    c.keep_checkpoints = 3  # the last K, plus the best by eval top-1
+    c.eval_checkpoint = "latest"  # mode=evaluate: latest | best
+    return c
+
+
+def _check_keys(config: ml_collections.ConfigDict, reference: ml_collections.ConfigDict, prefix: str,
+                open_sections: tuple[str, ...] = ()) -> None:
+    for key in config:
+        name = f"{prefix}{key}"
+        if key not in reference:
+            if prefix.rstrip(".") in open_sections:
+                continue
+            raise ValueError(f"config field {name} is unknown; known fields: {', '.join(sorted(reference))}")
+        if isinstance(reference[key], ml_collections.ConfigDict) and key != "num_examples":
+            if not isinstance(config[key], ml_collections.ConfigDict):
+                raise ValueError(f"config field {name} must be a section, got {config[key]!r}")
+            _check_keys(config[key], reference[key], f"{name}.", open_sections)
+
+
+def num_train_steps(config: ml_collections.ConfigDict, steps_per_epoch: int) -> int:
+    """num_train_steps when > 0, else num_epochs worth of steps."""
+    if config.num_train_steps > 0:
+        return int(config.num_train_steps)
+    return max(1, round(config.num_epochs * steps_per_epoch))
+
+
+def eval_batch_size(config: ml_collections.ConfigDict) -> int:
+    return int(config.eval_batch_size or config.batch_size)
+
+
+def validate(
+    config: ml_collections.ConfigDict, *, device_count: int, process_count: int = 1
+) -> data.DatasetInfo:
+    """Raises ValueError naming the first bad field; returns the data set's info. Cheap: reads no examples and
+    compiles nothing. (Model fields are checked by `state.create_model`.)"""
+    _check_keys(config, default_config(), "", open_sections=("model",))
+
+    def need(ok: bool, field: str, why: str) -> None:
+        if not ok:
+            raise ValueError(f"config field {field} {why}, got {config[field]!r}")
+
+    need(config.mode in MODES, "mode", f"must be one of {MODES}")
+    if config.model.name not in models.MODEL_NAMES:
+        raise ValueError(f"config field model.name: unknown model {config.model.name!r}; "
+                         f"choose one of {', '.join(models.MODEL_NAMES)}")
+    need(isinstance(config.image_size, int) and config.image_size >= models.MIN_INPUT_SIZE, "image_size",
+         f"must be an int >= {models.MIN_INPUT_SIZE}")
+    for field, size in (("batch_size", config.batch_size), ("eval_batch_size", eval_batch_size(config))):
+        need(isinstance(size, int) and size > 0, field, "must be a positive int")
+        need(size % device_count == 0, field, f"must be divisible by the device count ({device_count})")
+        need(size % process_count == 0, field, f"must be divisible by the process count ({process_count})")
+    need(config.learning_rate > 0, "learning_rate", "must be > 0")
+    need(config.num_train_steps > 0 or config.num_epochs > 0, "num_epochs", "must be > 0 when num_train_steps <= 0")
+    need(config.optimizer in optim.OPTIMIZERS, "optimizer", f"must be one of {optim.OPTIMIZERS}")
+    need(config.lr_scaling in optim.LR_SCALINGS, "lr_scaling", f"must be one of {optim.LR_SCALINGS}")
+    need(config.lr_base_batch_size > 0, "lr_base_batch_size", "must be > 0")
+    need(0 < config.lr_decay_factor <= 1, "lr_decay_factor", "must be in (0, 1]")
+    need(config.lr_decay_epochs > 0, "lr_decay_epochs", "must be > 0")
+    need(config.warmup_epochs >= 0, "warmup_epochs", "must be >= 0")
+    need(0 <= config.momentum < 1, "momentum", "must be in [0, 1)")
+    need(0 < config.rmsprop_decay < 1, "rmsprop_decay", "must be in (0, 1)")
+    need(config.rmsprop_epsilon > 0, "rmsprop_epsilon", "must be > 0")
+    need(config.weight_decay >= 0, "weight_decay", "must be >= 0")
+    need(config.grad_clip_norm >= 0, "grad_clip_norm", "must be >= 0 (0 = no clipping)")
+    need(0 <= config.label_smoothing < 1, "label_smoothing", "must be in [0, 1)")
+    need(config.aux_loss_weight >= 0, "aux_loss_weight", "must be >= 0")
+    need(0 <= config.ema_decay < 1, "ema_decay", "must be in [0, 1) (0 = no moving average)")
+    need(config.bn_statistics in BN_STATISTICS, "bn_statistics", f"must be one of {BN_STATISTICS}")
+    need(config.fsdp_min_size >= 0, "fsdp_min_size", "must be >= 0")
+    need(config.log_every_steps > 0, "log_every_steps", "must be > 0")
+    need(config.eval_every_steps >= 0, "eval_every_steps", "must be >= 0 (0 = at the end only)")
+    need(config.checkpoint_every_steps >= 0, "checkpoint_every_steps", "must be >= 0 (0 = at the end only)")
+    need(config.keep_checkpoints >= 1, "keep_checkpoints", "must be >= 1")
+    need(config.eval_checkpoint in EVAL_CHECKPOINTS, "eval_checkpoint", f"must be one of {EVAL_CHECKPOINTS}")
+    need(isinstance(config.seed, int) and config.seed >= 0, "seed", "must be a non-negative int")
+    try:
+        info = data.get_info(config.dataset)
+    except Exception as error:  # the data package's own errors name the problem; say which field led there
+        raise ValueError(f"config field dataset.name ({config.dataset.name!r}): {error}") from error
+    train_examples = info.num_examples.get(info.train_split, 0)
+    if config.mode != "evaluate":
+        need(train_examples >= config.batch_size, "batch_size",
+             f"must be at most the {train_examples} examples of {info.name}:{info.train_split}")
+    return info

@@ -1,0 +1,248 @@
+"""The training loop: config -> data + model -> sharded state (fresh or resumed) -> jitted steps -> metrics,
+evaluations, checkpoints; and evaluation of a trained workdir."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import jax
+import ml_collections
+from absl import logging
+from jax.sharding import Mesh
+
+from inception_jax import data
+from inception_jax.training import config as config_lib
+from inception_jax.training import metrics as metrics_lib
+from inception_jax.training import optim, sharding, steps
+from inception_jax.training.checkpoints import Checkpointer
+from inception_jax.training.state import TrainState, create_model, create_train_state
+
+StepCallback = Callable[[int, TrainState], None]
+
+
+class Experiment:
+    """Everything a run derives from its config before touching data: model, schedule, mesh, jitted functions and
+    the state's shardings. Building it compiles nothing."""
+
+    def __init__(self, config: ml_collections.ConfigDict, mesh: Mesh | None = None):
+        self.mesh = mesh or sharding.make_mesh()
+        self.info = config_lib.validate(config, device_count=self.mesh.devices.size, process_count=jax.process_count())
+        self.model = create_model(config, self.info.num_classes)
+        self.steps_per_epoch = self.info.num_examples[self.info.train_split] // config.batch_size
+        self.total_steps = config_lib.num_train_steps(config, self.steps_per_epoch)
+        self.schedule = optim.learning_rate_schedule(config, self.steps_per_epoch)
+        self.tx = optim.make_optimizer(config, self.schedule)
+        make_state = lambda rng: create_train_state(self.model, self.tx, rng, config.image_size)
+        abstract = jax.eval_shape(make_state, jax.random.key(0))
+        self.state_shardings = sharding.state_shardings(self.mesh, abstract, fsdp=config.fsdp,
+                                                       min_size=config.fsdp_min_size)
+        self.abstract_state = jax.tree.map(
+            lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract, self.state_shardings
+        )
+        self.init_state = jax.jit(make_state, out_shardings=self.state_shardings)
+        data_sharding, replicated = sharding.data_sharding(self.mesh), sharding.replicated(self.mesh)
+        bn_groups = self.mesh.devices.size if config.bn_statistics == "per_device" else 1
+        train_step = steps.make_train_step(
+            self.model, self.schedule, label_smoothing=config.label_smoothing,
+            aux_loss_weight=config.aux_loss_weight, ema_decay=config.ema_decay, bn_groups=bn_groups, mesh=self.mesh,
+        )
+        self.train_step = jax.jit(train_step, in_shardings=(self.state_shardings, data_sharding),
+                                  out_shardings=(self.state_shardings, replicated), donate_argnums=0)
+        variables_shardings = {"params": self.state_shardings.params, "batch_stats": self.state_shardings.batch_stats}
+        self.eval_step = jax.jit(steps.make_eval_step(self.model), in_shardings=(variables_shardings, data_sharding),
+                                 out_shardings=replicated)
+
+
+def _write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+    if jax.process_index() == 0:
+        os.makedirs(workdir, exist_ok=True)
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+
+
+def evaluate_variables(setup: Experiment, config: ml_collections.ConfigDict, variables: dict) -> dict[str, float]:
+    """top1, top5 (fractions) and mean loss over the whole eval split; padded examples do not count."""
+    batches = data.make_iterator(config.dataset, split=setup.info.eval_split, image_size=config.image_size,
+                                 global_batch_size=config_lib.eval_batch_size(config), train=False, seed=config.seed)
+    totals = {"loss": 0.0, "top1": 0.0, "top5": 0.0, "count": 0.0}
+    for batch in batches:
+        sums = jax.device_get(setup.eval_step(variables, sharding.global_batch(batch, setup.mesh)))
+        for key in totals:
+            totals[key] += float(sums[key])
+    count = totals.pop("count")
+    if count == 0:
+        raise ValueError(f"the eval split {setup.info.eval_split!r} of {setup.info.name} is empty")
+    return {**{k: v / count for k, v in totals.items()}, "num_examples": count}
+
+
+class _Preemption:
+    """Catches SIGTERM in a single process and asks the loop to checkpoint and stop. With several processes
+    jax.distributed's own preemption notifier takes the signal and the loop asks the checkpointer at every step,
+    so all processes stop at the same step."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self) -> _Preemption:
+        if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        logging.warning("SIGTERM: saving a checkpoint at the end of this step, then stopping")
+        self.requested = True
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+def train_and_evaluate(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    *,
+    mesh: Mesh | None = None,
+    step_callback: StepCallback | None = None,
+) -> dict[str, Any]:
+    """Trains (resuming from `workdir/checkpoints` when it holds a checkpoint) until the configured number of
+    steps, evaluating every `eval_every_steps` and at the end when `config.mode` is train_and_evaluate.
+
+    `step_callback(step, state)` runs after every step (profilers, tests). Returns a summary: final step, eval
+    metrics, throughput, whether the run was preempted.
+    """
+    setup = Experiment(config, mesh)
+    evaluate_too = config.mode == "train_and_evaluate"
+    kept = config.model.get("bn_momentum", 0.9997) ** setup.total_steps
+    if kept > 0.05:
+        logging.warning("BN moving averages (model.bn_momentum %s) still hold %.0f%% of their initial values after "
+                        "%d steps: evaluation will suffer; lower model.bn_momentum for short runs",
+                        config.model.get("bn_momentum"), 100 * kept, setup.total_steps)
+    _write_config(config, workdir)
+    checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints)
+    restored = checkpointer.restore(setup.abstract_state)
+    if restored is None:
+        state = setup.init_state(jax.random.key(config.seed))
+        logging.info("fresh start: %s, %d steps (%d per epoch)", config.model.name, setup.total_steps,
+                     setup.steps_per_epoch)
+    else:
+        state, meta = restored
+        logging.info("resumed from step %d (data position %d) in %s", int(state.step), meta["data_position"],
+                     checkpointer.directory)
+    start = int(jax.device_get(state.step))
+    writer = metrics_lib.MetricWriter(workdir)
+    bar = metrics_lib.ProgressBar(setup.total_steps, start=start)
+    summary: dict[str, Any] = {"step": start, "preempted": False, "total_steps": setup.total_steps}
+
+    def meta(step: int) -> dict:
+        return {"step": step, "data_position": step, "seed": int(config.seed), "total_steps": setup.total_steps}
+
+    def run_eval(step: int) -> dict[str, float]:
+        t0 = time.perf_counter()
+        results = evaluate_variables(setup, config, state.variables(ema=config.eval_with_ema and config.ema_decay > 0))
+        results["seconds"] = time.perf_counter() - t0
+        writer.write(step, "eval", results)
+        bar.clear()
+        logging.info("eval at step %d: top-1 %.2f%%  top-5 %.2f%%  loss %.4f  (%d examples, %.1f s)", step,
+                     100 * results["top1"], 100 * results["top5"], results["loss"], results["num_examples"],
+                     results["seconds"])
+        summary.update({f"eval_{k}": v for k, v in results.items()})
+        return results
+
+    batches: Iterator = iter(())
+    if start < setup.total_steps:
+        batches = data.make_iterator(config.dataset, split=setup.info.train_split, image_size=config.image_size,
+                                     global_batch_size=config.batch_size, train=True, seed=config.seed,
+                                     start_step=start)
+    window = metrics_lib.TrainWindow(config.batch_size)
+    pending = None  # (step, metrics) of the step in flight: read after the next one is dispatched
+
+    def finish_pending() -> None:
+        nonlocal pending
+        if pending is None:
+            return
+        step, device_metrics = pending
+        pending = None
+        window.add(jax.device_get(device_metrics))
+        if step == start + 1:  # the first step compiled: the rate and ETA count from here
+            bar.restart(step)
+        if step % config.log_every_steps == 0 or step == setup.total_steps:
+            record = window.flush()
+            record["epoch"] = step / setup.steps_per_epoch
+            writer.write(step, "train", record)
+            speed = f" {record['images_per_sec']:.1f} img/s" if "images_per_sec" in record else ""
+            bar.extra = f"loss {record['loss']:.3f} acc {record['accuracy']:.3f}{speed}"
+        bar.update(step)
+
+    t_start = time.perf_counter()
+    step = start
+    with _Preemption() as preemption:
+        while step < setup.total_steps:
+            batch = sharding.global_batch(next(batches), setup.mesh)
+            state, device_metrics = setup.train_step(state, batch)
+            finish_pending()
+            step += 1
+            pending = (step, device_metrics)
+            if step_callback is not None:
+                step_callback(step, state)
+            last = step == setup.total_steps
+            preempted = preemption.requested or checkpointer.reached_preemption(step)
+            evaluate_now = evaluate_too and (last or (config.eval_every_steps and step % config.eval_every_steps == 0))
+            periodic = config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0
+            if evaluate_now or periodic or last or preempted:
+                finish_pending()
+                paused = time.perf_counter()  # evaluations and checkpoint copies are not training time
+                results = run_eval(step) if evaluate_now else None
+                metrics = {"top1": results["top1"]} if results is not None else None
+                checkpointer.save(step, state, meta(step), metrics=metrics, force=True)
+                window.pause(time.perf_counter() - paused)
+            if preempted:
+                summary["preempted"] = True
+                bar.clear()
+                logging.warning("preempted at step %d: checkpoint saved in %s; rerun the same command to resume",
+                                step, checkpointer.directory)
+                break
+        finish_pending()
+    bar.close(step)
+    checkpointer.wait()
+    if evaluate_too and start >= setup.total_steps and "eval_top1" not in summary:
+        run_eval(step)  # nothing left to train: report the finished run's accuracy
+    writer.flush()
+    summary.update(step=step, wall_seconds=time.perf_counter() - t_start, best_step=checkpointer.best_step())
+    if window.timed_steps:
+        summary.update(images_per_sec=window.images_per_sec, timed_steps=window.timed_steps)
+    if jax.process_index() == 0 and os.path.exists(writer.path):
+        with contextlib.suppress(Exception):  # a plot is a nicety; never lose a finished run over it
+            summary["plot"] = metrics_lib.plot_curves(writer.path, os.path.join(workdir, metrics_lib.PLOT))
+    writer.close()
+    checkpointer.close()
+    if jax.process_index() == 0:
+        with open(os.path.join(workdir, "summary.json"), "w") as f:
+            json.dump(summary, f, indent=2, default=float)
+    return summary
+
+
+def evaluate(config: ml_collections.ConfigDict, workdir: str, *, mesh: Mesh | None = None) -> dict[str, Any]:
+    """Evaluates the latest (or, with eval_checkpoint="best", the best) checkpoint in `workdir` on the eval split,
+    with the moving-average weights unless eval_with_ema is off."""
+    setup = Experiment(config, mesh)
+    checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints)
+    step = checkpointer.best_step() if config.eval_checkpoint == "best" else checkpointer.latest_step()
+    if step is None:
+        raise FileNotFoundError(f"no {config.eval_checkpoint} checkpoint in {checkpointer.directory}")
+    state, _ = checkpointer.restore(setup.abstract_state, step)
+    checkpointer.close()
+    results = evaluate_variables(setup, config, state.variables(ema=config.eval_with_ema and config.ema_decay > 0))
+    results["step"] = step
+    writer = metrics_lib.MetricWriter(workdir)
+    writer.write(step, "eval", results)
+    writer.close()
+    logging.info("step %d: top-1 %.2f%%  top-5 %.2f%%", step, 100 * results["top1"], 100 * results["top5"])
+    return results
