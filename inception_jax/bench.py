@@ -98,7 +98,6 @@ def bench_ours(
     warmup: int,
     repeats: int,
     peak_flops: float | None,
-    remat: bool = False,
 ) -> Result:
     """Our jitted inference function or train step (forward, backward, optimizer update, BN update)."""
     rng = np.random.default_rng(0)
@@ -113,12 +112,19 @@ def bench_ours(
         compile_s = time.perf_counter() - start
         step = lambda: compiled(*args).block_until_ready()
     else:
-        from inception_jax.training import bench_support
+        from inception_jax.training import config as config_lib
+        from inception_jax.training import optim, state, steps
 
-        compiled, state, batch_arrays, compile_s = bench_support.compiled_train_step(
-            name, batch, size, dtype, remat=remat
-        )
-        holder = {"state": state}
+        model = models.create(name, dtype=dtype)
+        recipe = config_lib.default_config()
+        schedule = optim.learning_rate_schedule(recipe, steps_per_epoch=1000)
+        tx = optim.make_optimizer(recipe, schedule)
+        holder = {"state": jax.jit(lambda r: state.create_train_state(model, tx, r, size))(jax.random.key(0))}
+        batch_arrays = {"image": images, "label": jnp.asarray(rng.integers(0, 1000, batch), jnp.int32)}
+        train_step = jax.jit(steps.make_train_step(model, schedule), donate_argnums=0)
+        start = time.perf_counter()
+        compiled = train_step.lower(holder["state"], batch_arrays).compile()
+        compile_s = time.perf_counter() - start
 
         def step() -> None:
             holder["state"], metrics = compiled(holder["state"], batch_arrays)
@@ -222,7 +228,7 @@ def run_job(job: dict) -> Result:
     """One measurement, in this process."""
     if job["impl"] == "ours":
         return bench_ours(job["model"], job["mode"], job["batch"], job["size"], job["dtype"], job["warmup"],
-                          job["repeats"], job["peak_flops"], job["remat"])  # fmt: skip
+                          job["repeats"], job["peak_flops"])  # fmt: skip
     return bench_timm(job["model"], job["mode"], job["batch"], job["size"], job["warmup"], job["repeats"],
                       job["channels_last"], job["threads"], amp=job["amp"])  # fmt: skip
 
@@ -249,7 +255,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--all", action="store_true", help="run the matrix: v4 and IR-v2 x (train b8@299, b32@75, infer b8@299)"
     )
-    parser.add_argument("--remat", action="store_true", help="rematerialise each block in the train step")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)), help="PyTorch threads")
@@ -269,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error("--vs-timm needs timm and PyTorch: pip install -e '.[parity]'")
 
     peak = args.peak_tflops * 1e12 if args.peak_tflops else DEVICE_PEAK_FLOPS.get(jax.devices()[0].device_kind)
-    common = dict(dtype=args.dtype, warmup=args.warmup, repeats=args.repeats, peak_flops=peak, remat=args.remat,
+    common = dict(dtype=args.dtype, warmup=args.warmup, repeats=args.repeats, peak_flops=peak,
                   threads=args.threads, amp=False, channels_last=False)  # fmt: skip
     timm_variants = [dict(channels_last=False), dict(channels_last=True)]
     if args.timm_amp:
