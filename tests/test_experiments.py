@@ -37,6 +37,16 @@ def test_sweep_runs_one_workdir_per_scale_with_its_overrides(tmp_path):
     assert (tmp_path / "sweep.png").stat().st_size > 0
     assert "| 0.1 |" in (tmp_path / "sweep.md").read_text()
 
+    # experiments/evaluate.py on a checkpoint reproduces the run's own final evaluation, and writes JSON beside it.
+    workdir = tmp_path / "scale_0.1"
+    evaluate = [sys.executable, str(ROOT / "experiments" / "evaluate.py"), "--workdir", str(workdir), "--batch", "40"]
+    subprocess.run(evaluate, check=True, cwd=ROOT, capture_output=True, text=True)
+    result = json.loads((workdir / "eval_digits_test_1crop.json").read_text())
+    final = runs.read_run(workdir)
+    assert result["num_examples"] == 360 and result["crops"] == 1 and result["model"] == "inception_resnet_v2"
+    assert result["top1_error"] == pytest.approx(100 - final["final_top1"])
+    assert result["top5_error"] == pytest.approx(100 - final["final_top5"])
+
 
 def test_sweep_dry_run_prints_one_command_per_scale(capsys, tmp_path):
     config = str(ROOT / "configs" / "quickstart.py")
