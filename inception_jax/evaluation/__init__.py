@@ -1,5 +1,5 @@
 """Evaluation: multi-crop and ensemble top-k error, and the paper's tables beside ours."""
 
-from inception_jax.evaluation.multicrop import crop_probabilities, evaluate, topk_counts
+from inception_jax.evaluation.multicrop import crop_log_probabilities, evaluate, topk_counts
 
-__all__ = ["crop_probabilities", "evaluate", "topk_counts"]
+__all__ = ["crop_log_probabilities", "evaluate", "topk_counts"]

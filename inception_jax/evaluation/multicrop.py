@@ -14,25 +14,26 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 Member = tuple[nn.Module, dict]  # (model, variables)
 
 
-def crop_probabilities(model: nn.Module, variables: dict, views: jax.Array) -> jax.Array:
-    """Mean softmax over the views of each image: views [B, V, H, W, 3] -> [B, classes].
+def crop_log_probabilities(model: nn.Module, variables: dict, views: jax.Array) -> jax.Array:
+    """Log of the mean softmax over the views of each image: views [B, V, H, W, 3] -> [B, classes].
 
-    Views go through the network one at a time for the whole batch (a scan over V keeps the batch axis, which is
-    the one split across devices), so memory does not grow with the number of crops.
+    Averaging happens in log space (log-sum-exp of log-softmax): the ranking is that of the mean probability, but
+    near-uniform predictions keep their order instead of rounding to ties. Views go through the network one at a
+    time for the whole batch (a scan over V keeps the batch axis, which is the one split across devices), so memory
+    does not grow with the number of crops.
     """
+    log_softmax = lambda x: jax.nn.log_softmax(model.apply(variables, x, train=False).astype(jnp.float32), axis=-1)
 
     def add_view(total: jax.Array, x: jax.Array) -> tuple[jax.Array, None]:
-        logits = model.apply(variables, x, train=False)
-        return total + jax.nn.softmax(logits.astype(jnp.float32), axis=-1), None
+        return jnp.logaddexp(total, log_softmax(x)), None
 
-    first = jax.nn.softmax(model.apply(variables, views[:, 0], train=False).astype(jnp.float32), axis=-1)
-    total, _ = jax.lax.scan(add_view, first, jnp.moveaxis(views[:, 1:], 1, 0))
-    return total / views.shape[1]
+    total, _ = jax.lax.scan(add_view, log_softmax(views[:, 0]), jnp.moveaxis(views[:, 1:], 1, 0))
+    return total - jnp.log(views.shape[1])
 
 
-def topk_counts(probs: jax.Array, labels: jax.Array, mask: jax.Array) -> dict[str, jax.Array]:
-    """Masked counts of top-1 and top-5 hits, and of real examples."""
-    top5 = jax.lax.top_k(probs, min(5, probs.shape[-1]))[1]
+def topk_counts(scores: jax.Array, labels: jax.Array, mask: jax.Array) -> dict[str, jax.Array]:
+    """Masked counts of top-1 and top-5 hits (by score: probabilities or their logs), and of real examples."""
+    top5 = jax.lax.top_k(scores, min(5, scores.shape[-1]))[1]
     hit1 = top5[:, 0] == labels
     hit5 = jnp.any(top5 == labels[:, None], axis=-1)
     mask = mask.astype(jnp.int32)
@@ -41,13 +42,14 @@ def topk_counts(probs: jax.Array, labels: jax.Array, mask: jax.Array) -> dict[st
 
 def make_eval_step(members: Sequence[Member]) -> Callable[[list[dict], dict], dict]:
     """A pure step (member variables, batch) -> counts; the ensemble averages the members' crop-averaged
-    probabilities (the paper's ensembles average softmax outputs)."""
+    probabilities (the paper's ensembles average softmax outputs), in log space."""
     models = [model for model, _ in members]
 
     def step(variables: list[dict], batch: dict) -> dict:
         views = batch["image"] if batch["image"].ndim == 5 else batch["image"][:, None]
-        probs = sum(crop_probabilities(m, v, views) for m, v in zip(models, variables, strict=True))
-        return topk_counts(probs / len(models), batch["label"], batch["mask"])
+        per_member = jnp.stack([crop_log_probabilities(m, v, views) for m, v in zip(models, variables, strict=True)])
+        log_mean = jax.nn.logsumexp(per_member, axis=0) - jnp.log(len(models))
+        return topk_counts(log_mean, batch["label"], batch["mask"])
 
     return step
 
