@@ -83,10 +83,12 @@ def plot(rows: list[dict], path: Path) -> None:
     axes[0].legend()
     axes[1].plot(scales, [r["last_dead_fraction"] for r in done], "o-")
     axes[1].set_ylabel("dead fraction (last train log)")
-    for r in done:
-        step = r["died_step"] if r["died_step"] is not None else r["diverged_step"]
-        if step is not None:
-            axes[2].bar(str(r["scale"]), step)
+    failed = [(r["scale"], r["died_step"] if r["died_step"] is not None else r["diverged_step"]) for r in done]
+    failed = [(scale, step) for scale, step in failed if step is not None]
+    for scale, step in failed:
+        axes[2].bar(str(scale), step)
+    if not failed:
+        axes[2].text(0.5, 0.5, "no run died or diverged", transform=axes[2].transAxes, ha="center")
     axes[2].set_ylabel("step of death / divergence (none = bar absent)")
     for ax in axes:
         ax.set_xlabel("residual scale")
