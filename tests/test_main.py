@@ -143,33 +143,11 @@ def test_cli_rejects_bad_configs_before_doing_anything(tmp_path, override, messa
     assert not workdir.exists()  # failed before creating anything (and before compiling)
 
 
-TINY_CONFIG = '''
-from inception_jax.training import default_config
-
-
-def get_config():
-    config = default_config()
-    config.model.name = "inception_resnet_v1"
-    config.model.depth_multiplier = 0.1
-    config.model.min_depth = 8
-    config.model.num_blocks = (1, 1, 1)
-    config.model.aux_logits = True
-    config.model.bn_momentum = 0.9
-    config.dataset.name = "digits"
-    config.dataset.random_flip = False
-    config.image_size = 75
-    config.batch_size = 16
-    config.num_train_steps = 6
-    config.log_every_steps = 2
-    config.eval_every_steps = 0
-    config.checkpoint_every_steps = 0
-    return config
-'''
+TINY_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tiny_config.py")
 
 
 def test_cli_trains_evaluates_and_resumes(tmp_path):
-    config_file = tmp_path / "tiny.py"
-    config_file.write_text(TINY_CONFIG)
+    config_file = TINY_CONFIG
     workdir = tmp_path / "run"
     result = run_main(f"--config={config_file}", f"--workdir={workdir}", "--config.num_train_steps=4")
     assert result.returncode == 0, result.stderr[-3000:]
@@ -203,8 +181,7 @@ def read_metrics(workdir):
 def test_two_processes_train_like_one(tmp_path):
     """jax.distributed over two local processes of 4 CPU devices each (gloo) against one process of 8: same
     batches, same steps, same evaluation over the whole split."""
-    config_file = tmp_path / "tiny.py"
-    config_file.write_text(TINY_CONFIG)
+    config_file = TINY_CONFIG
     common = [f"--config={config_file}", "--config.num_train_steps=2", "--config.log_every_steps=1",
               "--config.mode=train_and_evaluate"]
     single = run_main(*common, f"--workdir={tmp_path / 'one'}")

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from tiny_config import get_config as tiny_base_config
 
 from inception_jax.training import checkpoints, default_config, loop, optim, sharding, steps
 from inception_jax.training.state import TrainState
@@ -21,22 +22,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def tiny_config(**overrides):
-    """A few-second-to-compile Inception-ResNet-v1 (aux head on) on digits at 75x75."""
-    config = default_config()
-    config.model.name = "inception_resnet_v1"
-    config.model.depth_multiplier = 0.1
-    config.model.min_depth = 8
-    config.model.num_blocks = (1, 1, 1)
-    config.model.aux_logits = True
-    config.model.bn_momentum = 0.9
-    config.dataset.name = "digits"
-    config.dataset.random_flip = False
-    config.image_size = 75
-    config.batch_size = 16
-    config.num_train_steps = 6
-    config.log_every_steps = 2
-    config.eval_every_steps = 0
-    config.checkpoint_every_steps = 0
+    """tests/tiny_config.py in train mode, with dotted-key overrides."""
+    config = tiny_base_config()
     config.mode = "train"
     for key, value in overrides.items():
         target = config
