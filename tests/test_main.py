@@ -204,7 +204,10 @@ def test_two_processes_train_like_one(tmp_path):
     for a, b in zip(one, two, strict=True):
         if a["split"] == "train":
             assert b["cross_entropy"] == pytest.approx(a["cross_entropy"], rel=1e-4)
-            assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-4)
+            # The gradient all-reduce sums in another order across processes; after one update that rounding can
+            # flip a near-tie (a max pool's argmax, a ReLU's sign) for single elements, a discrete change in their
+            # gradients: step 1 matches to 1e-6, step 2 to 1.5e-4.
+            assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-4 if a["step"] == 1 else 1e-3)
         else:
             assert a["num_examples"] == b["num_examples"] == 360
             assert abs(a["top1"] - b["top1"]) <= 2 / 360  # argmax of nearly equal logits

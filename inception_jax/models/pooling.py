@@ -1,0 +1,95 @@
+"""The two pools of these networks, written as strided slices so that XLA fuses them into plain loops.
+
+`lax.reduce_window` (what `nn.max_pool` / `nn.avg_pool` lower to) runs as a naive window loop on XLA's CPU backend,
+and the max pool's gradient adds index iotas and a variadic reduce-window on top: together they took a quarter of an
+Inception-v4 train step on CPU. A 3x3 window is nine shifted views of the input, so both pools become elementwise
+maxima and sums that fuse with their neighbours. The results equal TensorFlow's pools, gradients included.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+
+def _views(x: jax.Array, window: int, stride: int, out_h: int, out_w: int) -> list[tuple[int, int, jax.Array]]:
+    """The window's shifted, strided views of an NHWC array, in row-major window order."""
+    span_h, span_w = stride * (out_h - 1) + 1, stride * (out_w - 1) + 1
+    return [
+        (i, j, x[:, i : i + span_h : stride, j : j + span_w : stride, :]) for i in range(window) for j in range(window)
+    ]
+
+
+def _valid_size(size: int, window: int, stride: int) -> int:
+    return (size - window) // stride + 1
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+def max_pool_valid(x: jax.Array, window: int = 3, stride: int = 2) -> jax.Array:
+    """Max pool with a square `window`, `stride` and VALID padding over NHWC `x`."""
+    out_h, out_w = _valid_size(x.shape[1], window, stride), _valid_size(x.shape[2], window, stride)
+    return functools.reduce(jnp.maximum, (v for _, _, v in _views(x, window, stride, out_h, out_w)))
+
+
+def _max_pool_fwd(x: jax.Array, window: int, stride: int) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+    y = max_pool_valid(x, window, stride)
+    return y, (x, y)
+
+
+def _max_pool_bwd(window: int, stride: int, residuals: tuple[jax.Array, jax.Array], g: jax.Array) -> tuple:
+    # Each output's gradient goes to the first maximum of its window in row-major order, as in TensorFlow's
+    # MaxPoolGrad and PyTorch; ties are common after a ReLU (all-zero windows), so this choice matters.
+    x, y = residuals
+    n, h, w, c = x.shape
+    out_h, out_w = y.shape[1:3]
+    views = _views(x, window, stride, out_h, out_w)
+    first = jnp.full(y.shape, window * window, jnp.int32)
+    for k in reversed(range(window * window)):
+        first = jnp.where(views[k][2] == y, k, first)
+    zero = jnp.zeros((), g.dtype)
+    # Input row stride*q + r receives from window rows r, r + stride, ... of outputs q, q - 1, ...: assemble each of
+    # the stride x stride phases of dx from shifted copies of the routed gradients, then interleave the phases.
+    q_h, q_w = -(-h // stride), -(-w // stride)
+    rows = []
+    for rh in range(stride):
+        phases = []
+        for rw in range(stride):
+            phase = jnp.zeros((n, q_h, q_w, c), g.dtype)
+            for th, kh in enumerate(range(rh, window, stride)):
+                for tw, kw in enumerate(range(rw, window, stride)):
+                    routed = jnp.where(first == kh * window + kw, g, zero)
+                    config = [(0, 0, 0), (th, q_h - out_h - th, 0), (tw, q_w - out_w - tw, 0), (0, 0, 0)]
+                    phase = phase + lax.pad(routed, zero, config)
+            phases.append(phase)
+        rows.append(jnp.stack(phases, axis=3))
+    dx = jnp.stack(rows, axis=2).reshape(n, q_h * stride, q_w * stride, c)
+    return (dx[:, :h, :w],)
+
+
+max_pool_valid.defvjp(_max_pool_fwd, _max_pool_bwd)
+
+
+def _same_window_counts(size: int, window: int) -> np.ndarray:
+    """How many of a stride-1 SAME window's taps fall inside the input, per position along one axis."""
+    pad_lo = (window - 1) // 2
+    pos = np.arange(size)
+    return (np.minimum(pos - pad_lo + window, size) - np.maximum(pos - pad_lo, 0)).astype(np.float32)
+
+
+def avg_pool_same(x: jax.Array, window: int = 3, include_padding: bool = False) -> jax.Array:
+    """Stride-1 SAME average pool over NHWC `x`; like TensorFlow it excludes padded zeros from each mean unless
+    `include_padding` (PyTorch's `count_include_pad`)."""
+    pad_lo, pad_hi = (window - 1) // 2, window // 2
+    h, w = x.shape[1:3]
+    padded = jnp.pad(x, ((0, 0), (pad_lo, pad_hi), (pad_lo, pad_hi), (0, 0)))
+    # Separable: sum the window's rows, then its columns.
+    rows = sum(padded[:, i : i + h] for i in range(window))
+    total = sum(rows[:, :, j : j + w] for j in range(window))
+    if include_padding:
+        return total / (window * window)
+    counts = np.outer(_same_window_counts(h, window), _same_window_counts(w, window))[None, :, :, None]
+    return total * jnp.asarray(1.0 / counts, x.dtype)

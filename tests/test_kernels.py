@@ -1,0 +1,89 @@
+"""The reformulated convolution and pools equal the lax/flax operations they replace, values and gradients."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+from inception_jax.models import convolution, pooling
+
+NHWC = ("NHWC", "HWIO", "NHWC")
+
+
+def relative_error(a: jax.Array, b: jax.Array) -> float:
+    return float(jnp.max(jnp.abs(a - b)) / jnp.max(jnp.abs(b)))
+
+
+def random(shape, seed):
+    return jnp.asarray(np.random.default_rng(seed).standard_normal(shape), jnp.float32)
+
+
+# (input shape, kernel (h, w), output channels, stride, padding): pointwise, ordinary, asymmetric, strided
+# with odd and even sizes, a 1x1 stride-2 conv (a phase whose kernel subset is empty) and stride 3.
+CONVS = [
+    ((2, 7, 7, 5), (1, 1), 6, 1, "SAME"),
+    ((2, 9, 8, 5), (3, 3), 6, 1, "SAME"),
+    ((2, 9, 9, 5), (1, 7), 4, 1, "SAME"),
+    ((2, 11, 11, 4), (3, 3), 6, 2, "VALID"),
+    ((2, 10, 13, 4), (3, 3), 6, 2, "VALID"),
+    ((2, 10, 9, 4), (3, 3), 5, 2, "SAME"),
+    ((1, 8, 8, 3), (1, 1), 4, 2, "SAME"),
+    ((1, 13, 12, 3), (5, 5), 4, 3, "VALID"),
+    ((1, 9, 9, 3), (3, 3), 4, 2, ((2, 0), (1, 2))),
+]
+
+
+@pytest.mark.parametrize("x_shape,kernel,features,stride,padding", CONVS)
+def test_conv_matches_lax_values_and_gradients(x_shape, kernel, features, stride, padding):
+    x, w = random(x_shape, 0), random((*kernel, x_shape[-1], features), 1)
+    dn = lax.conv_dimension_numbers(x.shape, w.shape, NHWC)
+
+    def loss(conv, x, w):
+        y = conv(x, w, (stride, stride), padding, dimension_numbers=dn)
+        return jnp.sum(y * jnp.cos(jnp.arange(y.size, dtype=y.dtype).reshape(y.shape))), y
+
+    (_, y), grads = jax.jit(jax.value_and_grad(lambda x, w: loss(convolution.conv_general_dilated, x, w),
+                                               argnums=(0, 1), has_aux=True))(x, w)  # fmt: skip
+    (_, y_ref), grads_ref = jax.value_and_grad(lambda x, w: loss(lax.conv_general_dilated, x, w),
+                                               argnums=(0, 1), has_aux=True)(x, w)  # fmt: skip
+    assert y.shape == y_ref.shape
+    assert relative_error(y, y_ref) < 1e-5
+    assert relative_error(grads[0], grads_ref[0]) < 1e-5, "input gradient"
+    assert relative_error(grads[1], grads_ref[1]) < 1e-5, "kernel gradient"
+
+
+def test_conv_takes_the_fast_paths():
+    """Pointwise convs become matmuls; strided convs' input gradients are not input-dilated convolutions."""
+    x = jnp.zeros((1, 9, 9, 4))
+    dn = lax.conv_dimension_numbers(x.shape, (1, 1, 4, 8), NHWC)
+    conv = lambda stride: lambda x, w: convolution.conv_general_dilated(x, w, stride, "VALID", dimension_numbers=dn)
+    pointwise = str(jax.make_jaxpr(conv((1, 1)))(x, jnp.zeros((1, 1, 4, 8))))
+    assert "dot_general" in pointwise and "conv_general_dilated" not in pointwise
+    strided = str(jax.make_jaxpr(jax.grad(lambda x, w: conv((2, 2))(x, w).sum()))(x, jnp.zeros((3, 3, 4, 8))))
+    assert "lhs_dilation=(1, 1)" in strided and "lhs_dilation=(2, 2)" not in strided
+
+
+@pytest.mark.parametrize("shape", [(2, 9, 9, 3), (2, 10, 11, 4), (1, 3, 3, 2), (2, 35, 35, 3)])
+def test_max_pool_matches_flax_with_ties(shape):
+    x = random(shape, 2)
+    x = jnp.where(x < 0.3, 0.0, jnp.round(x * 2) / 2)  # ReLU zeros and repeated values: windows with ties
+    c = random(((shape[0], (shape[1] - 3) // 2 + 1, (shape[2] - 3) // 2 + 1, shape[3])), 3)
+    ours = lambda x: jnp.sum(pooling.max_pool_valid(x, 3, 2) * c)
+    ref = lambda x: jnp.sum(nn.max_pool(x, (3, 3), strides=(2, 2), padding="VALID") * c)
+    np.testing.assert_array_equal(pooling.max_pool_valid(x, 3, 2), nn.max_pool(x, (3, 3), (2, 2), "VALID"))
+    # Each window's gradient goes to exactly one input: its first maximum, as in TensorFlow and flax.
+    np.testing.assert_allclose(jax.grad(ours)(x), jax.grad(ref)(x), atol=1e-6)
+
+
+@pytest.mark.parametrize("include_padding", [False, True])
+@pytest.mark.parametrize("shape", [(2, 9, 9, 3), (2, 10, 11, 4), (1, 1, 2, 2), (1, 3, 3, 2)])
+def test_avg_pool_matches_flax(shape, include_padding):
+    x = random(shape, 4)
+    c = random(shape, 5)
+    ours = lambda x: pooling.avg_pool_same(x, 3, include_padding)
+    ref = lambda x: nn.avg_pool(x, (3, 3), strides=(1, 1), padding="SAME", count_include_pad=include_padding)
+    np.testing.assert_allclose(ours(x), ref(x), rtol=1e-5, atol=1e-6)
+    grad = jax.grad(lambda x: jnp.sum(ours(x) * c))(x)
+    np.testing.assert_allclose(grad, jax.grad(lambda x: jnp.sum(ref(x) * c))(x), rtol=1e-5, atol=1e-6)
