@@ -11,6 +11,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from inception_jax.models import pooling
+from inception_jax.models.convolution import conv_general_dilated
+
 # TF-slim's inception_arg_scope: variance_scaling_initializer() = truncated normal, fan-in, factor 2.
 kernel_init = nn.initializers.variance_scaling(2.0, "fan_in", "truncated_normal")
 
@@ -28,6 +31,7 @@ class LayerConfig:
     bn_scale: bool = False
     bn_axis_name: str | None = None
     avg_pool_include_padding: bool = False
+    bn_folded: bool = False
     dtype: Any = jnp.float32
 
     def depth(self, filters: int) -> int:
@@ -50,25 +54,29 @@ class ConvBN(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         cfg = self.cfg
+        if cfg.bn_folded and train:
+            raise ValueError("a network with BatchNorm folded into its convs (bn_folded=True) is for inference only")
         x = nn.Conv(
             cfg.depth(self.features),
             self.kernel_size,
             strides=self.strides,
             padding=self.padding,
-            use_bias=False,
+            use_bias=cfg.bn_folded,
             kernel_init=kernel_init,
             dtype=cfg.dtype,
+            conv_general_dilated=conv_general_dilated,
             name="conv",
         )(x)
-        x = nn.BatchNorm(
-            use_running_average=not train,
-            momentum=cfg.bn_momentum,
-            epsilon=cfg.bn_epsilon,
-            use_scale=cfg.bn_scale,
-            axis_name=cfg.bn_axis_name,
-            dtype=cfg.dtype,
-            name="bn",
-        )(x)
+        if not cfg.bn_folded:
+            x = nn.BatchNorm(
+                use_running_average=not train,
+                momentum=cfg.bn_momentum,
+                epsilon=cfg.bn_epsilon,
+                use_scale=cfg.bn_scale,
+                axis_name=cfg.bn_axis_name,
+                dtype=cfg.dtype,
+                name="bn",
+            )(x)
         return nn.relu(x) if self.activate else x
 
 
@@ -95,12 +103,12 @@ def split_1x3_3x1(x: jax.Array, train: bool, cfg: LayerConfig, prefix: str, filt
 
 def max_pool_3x3_s2(x: jax.Array) -> jax.Array:
     """The 3x3 stride-2 VALID max pool of every grid reduction."""
-    return nn.max_pool(x, (3, 3), strides=(2, 2), padding="VALID")
+    return pooling.max_pool_valid(x, 3, 2)
 
 
 def avg_pool_3x3(x: jax.Array, include_padding: bool = False) -> jax.Array:
     """3x3 stride-1 SAME average pool; like TensorFlow it excludes padded zeros from the mean unless asked."""
-    return nn.avg_pool(x, (3, 3), strides=(1, 1), padding="SAME", count_include_pad=include_padding)
+    return pooling.avg_pool_same(x, 3, include_padding)
 
 
 class InceptionResNetBlock(nn.Module):
@@ -122,7 +130,8 @@ class InceptionResNetBlock(nn.Module):
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         mixed = jnp.concatenate(self.branches(x, train), axis=-1)
         residual = nn.Conv(
-            x.shape[-1], (1, 1), use_bias=True, kernel_init=kernel_init, dtype=self.cfg.dtype, name="expand"
+            x.shape[-1], (1, 1), use_bias=True, kernel_init=kernel_init, dtype=self.cfg.dtype, name="expand",
+            conv_general_dilated=conv_general_dilated,
         )(mixed)
         x = x + self.scale * residual
         return nn.relu(x) if self.activate else x
