@@ -176,3 +176,53 @@ def test_dead_fraction():
     known = jnp.array([[0.0, 1.0], [0.0, -0.0]]).reshape(1, 2, 2, 1)  # three zeros (-0.0 is zero) of four
     assert float(models.dead_fraction(known)) == 0.75
     assert float(models.dead_fraction(jnp.full((1, 3, 3, 2), 1e-30))) == 0.0
+
+
+@pytest.mark.parametrize("name", ["inception_v3", "inception_v4", "inception_resnet_v2"])
+def test_folded_batchnorm_computes_the_same_inference(name):
+    model = models.create(name, num_classes=7, depth_multiplier=0.25, bn_scale=True)
+    variables = models.init(model, 75)
+    # Non-trivial BN: random gammas, betas and moving statistics.
+    rng = np.random.default_rng(0)
+    perturb = lambda path, v: jnp.asarray(
+        rng.uniform(0.5, 1.5, v.shape) if path[-1].key in ("scale", "var") else rng.normal(0, 0.3, v.shape), v.dtype
+    )
+    bn_only = lambda tree: jax.tree_util.tree_map_with_path(
+        lambda p, v: perturb(p, v) if any(getattr(k, "key", None) == "bn" for k in p) else v, tree
+    )
+    variables = {"params": bn_only(variables["params"]), "batch_stats": bn_only(variables["batch_stats"])}
+    folded_model, folded = models.fold_batchnorm(model, variables)
+    assert "batch_stats" not in folded and folded_model.bn_folded
+    assert models.count_params(folded["params"]) < models.count_params(variables["params"])
+    x = jnp.asarray(rng.uniform(-1, 1, (2, 75, 75, 3)), jnp.float32)
+    ref = model.apply(variables, x, train=False)
+    out = folded_model.apply(folded, x, train=False)
+    assert float(jnp.max(jnp.abs(out - ref)) / jnp.max(jnp.abs(ref))) < 1e-4
+    with pytest.raises(ValueError, match="inference only"):
+        folded_model.apply(folded, x, train=True)
+    with pytest.raises(ValueError, match="already folded"):
+        models.fold_batchnorm(folded_model, folded)
+
+
+def test_remat_keeps_parameters_and_gradients():
+    model = models.create("inception_resnet_v2", num_classes=5, depth_multiplier=0.1, num_blocks=(1, 2, 1))
+    remat = model.clone(remat=True)
+    variables = models.init(model, 75)
+    x = jax.random.uniform(jax.random.key(0), (2, 75, 75, 3), minval=-1, maxval=1)
+
+    def grads(m):
+        def loss(params):
+            out, state = m.apply({"params": params, "batch_stats": variables["batch_stats"]}, x, train=True,
+                                 mutable=["batch_stats"], rngs={"dropout": jax.random.key(1)})  # fmt: skip
+            return jnp.sum(out**2), state
+
+        return jax.grad(loss, has_aux=True)(variables["params"])
+
+    initialised = jax.eval_shape(lambda: remat.init({"params": jax.random.key(0)}, x, train=True))
+    assert jax.tree.structure(initialised["params"]) == jax.tree.structure(variables["params"])
+    (g_plain, s_plain), (g_remat, s_remat) = grads(model), grads(remat)
+    for a, b in zip(jax.tree.leaves((g_plain, s_plain)), jax.tree.leaves((g_remat, s_remat)), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    # The recomputation is really there: the gradient's program runs the convolutions again.
+    count = lambda m: str(jax.make_jaxpr(lambda p: grads(m))(variables["params"])).count("conv_general_dilated")
+    assert count(remat) > count(model)

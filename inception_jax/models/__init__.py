@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from inception_jax.models.folding import fold_batchnorm
 from inception_jax.models.inception_resnet import VARIANTS, InceptionResNetV1, InceptionResNetV2
 from inception_jax.models.inception_v3 import InceptionV3
 from inception_jax.models.inception_v4 import InceptionV4
@@ -77,5 +78,6 @@ __all__ = [
     "count_params",
     "create",
     "dead_fraction",
+    "fold_batchnorm",
     "inference_macs",
 ]

@@ -7,10 +7,13 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
 
 from inception_jax.models.layers import AuxHead, LayerConfig, kernel_init
 
 MIN_INPUT_SIZE = 75
+# Name of the checkpointed values under `remat`: the output of every block (each direct submodule of a network).
+BLOCK_OUTPUT = "inception_block_output"
 
 
 class InceptionNet(nn.Module):
@@ -32,6 +35,8 @@ class InceptionNet(nn.Module):
     bn_scale: bool = False  # TF-slim has no BN gamma (ReLU follows); timm/PyTorch have one
     bn_axis_name: str | None = None
     avg_pool_include_padding: bool = False  # True only to match torchvision/timm's Inception-v3
+    bn_folded: bool = False  # BatchNorm folded into conv kernels and biases, for inference: see models.fold_batchnorm
+    remat: bool = False  # training keeps only block outputs and recomputes the rest in the backward pass
     dtype: Any = jnp.float32
 
     def __post_init__(self) -> None:
@@ -63,6 +68,7 @@ class InceptionNet(nn.Module):
             bn_scale=self.bn_scale,
             bn_axis_name=self.bn_axis_name,
             avg_pool_include_padding=self.avg_pool_include_padding,
+            bn_folded=self.bn_folded,
             dtype=self.dtype,
         )
 
@@ -79,12 +85,36 @@ class InceptionNet(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         check_input(x)
-        features = self.backbone(x.astype(self.dtype), train)
+        features = self.features(x.astype(self.dtype), train)
         self.sow("intermediates", "features", features)
         x = jnp.mean(features, axis=(1, 2))
         x = nn.Dropout(self.dropout_rate, deterministic=not train, name="Dropout")(x)
         x = nn.Dense(self.num_classes, kernel_init=kernel_init, dtype=self.dtype, name="Logits")(x)
         return x.astype(jnp.float32)
+
+
+    def features(self, x: jax.Array, train: bool) -> jax.Array:
+        """The backbone, under per-block rematerialisation when `remat` is set and training.
+
+        Every block's output is saved for the backward pass and everything inside a block is recomputed from it:
+        activation memory falls from all layers' outputs to the blocks' outputs, for about one more forward pass.
+        """
+        if not (self.remat and train):
+            return self.backbone(x, train)
+
+        def tagged_backbone(network: InceptionNet, x: jax.Array) -> jax.Array:
+            with nn.intercept_methods(_name_block_outputs):
+                return network.backbone(x, train)
+
+        policy = jax.checkpoint_policies.save_only_these_names(BLOCK_OUTPUT)
+        return nn.remat(tagged_backbone, policy=policy)(self, x)
+
+
+def _name_block_outputs(next_fun: Any, args: tuple, kwargs: dict, context: Any) -> Any:
+    out = next_fun(*args, **kwargs)
+    if context.method_name == "__call__" and isinstance(context.module.parent, InceptionNet):
+        out = jax.tree.map(lambda a: checkpoint_name(a, BLOCK_OUTPUT), out)
+    return out
 
 
 def check_input(x: jax.Array) -> None:
