@@ -14,3 +14,11 @@ for model in inception_v4 inception_resnet_v2; do
   python -m inception_jax.bench --model "$model" --mode train --batch 128 --image-size 299 --dtype bfloat16 \
     --vs-timm --timm-amp --warmup 3 --repeats 10 --json "$out/gpu_benchmark.jsonl" ${EXTRA:-}
 done
+# Optional (not in the 8-minute budget): the largest train batch that fits the GPU, without and with per-block
+# remat, found from XLA's compile-time memory plan (several compiles per model).
+if [[ "${MAX_BATCH:-0}" == "1" ]]; then
+  for model in inception_v4 inception_resnet_v2; do
+    python -m inception_jax.bench --model "$model" --image-size 299 --dtype bfloat16 --max-batch --batch 128 \
+      --batch-step 32 --json "$out/gpu_max_batch.jsonl"
+  done
+fi

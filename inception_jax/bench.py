@@ -57,6 +57,8 @@ class Result:
     memory_kind: str | None = None
     device: str = ""
     threads: int | None = None
+    remat: bool = False
+    saved_activations_gib: float | None = None
 
 
 def time_steps(step: Callable[[], Any], warmup: int, repeats: int) -> list[float]:
@@ -98,13 +100,15 @@ def bench_ours(
     warmup: int,
     repeats: int,
     peak_flops: float | None,
+    remat: bool = False,
 ) -> Result:
-    """Our jitted inference function or train step (forward, backward, optimizer update, BN update)."""
+    """Our jitted inference function (BatchNorm folded into the convs) or train step (forward, backward, optimizer
+    update, BN update)."""
     rng = np.random.default_rng(0)
     images = jnp.asarray(rng.uniform(-1, 1, (batch, size, size, 3)).astype(np.float32))
+    saved = None
     if mode == "infer":
-        model = models.create(name, dtype=dtype)
-        variables = models.init(model, size)
+        model, variables = models.fold_batchnorm(*_model_and_variables(name, dtype, size))
         fn = jax.jit(lambda v, x: model.apply(v, x, train=False))
         args: tuple = (variables, images)
         start = time.perf_counter()
@@ -115,7 +119,8 @@ def bench_ours(
         from inception_jax.training import config as config_lib
         from inception_jax.training import optim, state, steps
 
-        model = models.create(name, dtype=dtype)
+        model = models.create(name, dtype=dtype, remat=remat)
+        saved = saved_activation_bytes(model, batch, size)
         recipe = config_lib.default_config()
         schedule = optim.learning_rate_schedule(recipe, steps_per_epoch=1000)
         tx = optim.make_optimizer(recipe, schedule)
@@ -136,9 +141,72 @@ def bench_ours(
     median = statistics.median(times)
     result = Result(
         "ours", name, mode, batch, size, dtype, batch / median, median * 1e3, compile_s=compile_s,
-        device=jax.devices()[0].device_kind,
+        device=jax.devices()[0].device_kind, remat=remat,
+        saved_activations_gib=None if saved is None else saved / 2**30,
     )  # fmt: skip
     return _finish(result, cost.get("flops") if cost else None, peak_flops)
+
+
+def _model_and_variables(name: str, dtype: str, size: int) -> tuple[models.InceptionNet, dict]:
+    model = models.create(name, dtype=dtype)
+    return model, models.init(model, size)
+
+
+def saved_activation_bytes(model: models.InceptionNet, batch: int, size: int) -> float | None:
+    """Bytes the forward pass of a train step keeps for the backward pass (the activations; parameters excluded),
+    from JAX's own accounting of the gradient's residuals: backend-independent and nothing is compiled."""
+    try:
+        from jax._src.ad_checkpoint import saved_residuals
+    except ImportError:  # private API: report nothing rather than fail the benchmark
+        return None
+    variables = jax.eval_shape(lambda: models.init(model, size))
+    images = jax.ShapeDtypeStruct((batch, size, size, 3), jnp.float32)
+
+    def loss(params: Any, stats: Any, images: jax.Array) -> jax.Array:
+        logits, _ = model.apply({"params": params, "batch_stats": stats}, images, train=True,
+                                mutable=["batch_stats"], rngs={"dropout": jax.random.key(0)})  # fmt: skip
+        return jnp.sum(logits)
+
+    residuals = saved_residuals(loss, variables["params"], variables["batch_stats"], images)
+    return float(sum(np.prod(a.shape) * a.dtype.itemsize for a, where in residuals if "argument" not in where))
+
+
+def train_step_bytes(name: str, batch: int, size: int, dtype: str, remat: bool) -> int:
+    """Device bytes XLA plans for one compiled train step (arguments, outputs and temporaries; donated state
+    counted once). Compiles, does not run."""
+    from inception_jax.training import config as config_lib
+    from inception_jax.training import optim, state, steps
+
+    model = models.create(name, dtype=dtype, remat=remat)
+    recipe = config_lib.default_config()
+    schedule = optim.learning_rate_schedule(recipe, steps_per_epoch=1000)
+    tx = optim.make_optimizer(recipe, schedule)
+    train_state = jax.eval_shape(lambda r: state.create_train_state(model, tx, r, size), jax.random.key(0))
+    batch_arrays = {"image": jax.ShapeDtypeStruct((batch, size, size, 3), jnp.float32),
+                    "label": jax.ShapeDtypeStruct((batch,), jnp.int32)}  # fmt: skip
+    compiled = jax.jit(steps.make_train_step(model, schedule), donate_argnums=0).lower(train_state, batch_arrays)
+    memory = compiled.compile().memory_analysis()
+    return int(memory.argument_size_in_bytes + memory.temp_size_in_bytes + memory.output_size_in_bytes
+               - memory.alias_size_in_bytes)  # fmt: skip
+
+
+def largest_fitting(fits: Callable[[int], bool], start: int = 8, limit: int = 1 << 14, step: int = 1) -> int:
+    """Largest n in [1, limit] with fits(n), to within `step`, assuming fits is monotone (doubling from `start`,
+    then bisection); 0 when not even 1 fits."""
+    lo, hi = 0, None
+    n = max(1, start)
+    while hi is None:
+        if fits(n):
+            lo = n
+            if n >= limit:
+                return limit
+            n = min(2 * n, limit)
+        else:
+            hi = n
+    while hi - lo > max(1, step):
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+    return lo
 
 
 def bench_timm(
@@ -202,7 +270,7 @@ def bench_timm(
 def format_table(results: list[Result]) -> str:
     header = (
         "| impl | model | mode | batch | size | dtype | img/s | step ms | compile s | GFLOP/img | TFLOP/s | MFU "
-        "| peak GiB | vs best timm |"
+        "| peak GiB | saved act. GiB | vs best timm |"
     )
     lines = [header, "|" + "---|" * (header.count("|") - 1)]
     best_timm: dict[tuple, float] = {}
@@ -214,12 +282,13 @@ def format_table(results: list[Result]) -> str:
     for r in results:
         ref = best_timm.get((r.model, r.mode, r.batch, r.image_size))
         ratio = f"{r.images_per_s / ref:.2f}x" if ref and r.impl == "ours" else ""
+        impl = r.impl + ("+remat" if r.remat else "")
         gflop = None if r.flops_per_image is None else r.flops_per_image / 1e9
         mfu = None if r.mfu is None else 100 * r.mfu
         lines.append(
-            f"| {r.impl} | {r.model} | {r.mode} | {r.batch} | {r.image_size} | {r.dtype} | {r.images_per_s:.2f} | "
+            f"| {impl} | {r.model} | {r.mode} | {r.batch} | {r.image_size} | {r.dtype} | {r.images_per_s:.2f} | "
             f"{r.step_ms:.0f} | {fmt(r.compile_s, '.1f')} | {fmt(gflop, '.2f')} | {fmt(r.achieved_tflops, '.3f')} | "
-            f"{fmt(mfu, '.1f')} | {fmt(r.peak_memory_gib, '.2f')} | {ratio} |"
+            f"{fmt(mfu, '.1f')} | {fmt(r.peak_memory_gib, '.2f')} | {fmt(r.saved_activations_gib, '.2f')} | {ratio} |"
         )
     return "\n".join(lines)
 
@@ -228,7 +297,7 @@ def run_job(job: dict) -> Result:
     """One measurement, in this process."""
     if job["impl"] == "ours":
         return bench_ours(job["model"], job["mode"], job["batch"], job["size"], job["dtype"], job["warmup"],
-                          job["repeats"], job["peak_flops"])  # fmt: skip
+                          job["repeats"], job["peak_flops"], remat=job.get("remat", False))  # fmt: skip
     return bench_timm(job["model"], job["mode"], job["batch"], job["size"], job["warmup"], job["repeats"],
                       job["channels_last"], job["threads"], amp=job["amp"])  # fmt: skip
 
@@ -259,6 +328,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)), help="PyTorch threads")
     parser.add_argument("--peak-tflops", type=float, help="device peak for MFU when not known")
+    parser.add_argument("--remat", action="store_true", help="train with per-block rematerialisation")
+    parser.add_argument(
+        "--max-batch", action="store_true",
+        help="instead of timing, find the largest train batch whose compiled step fits --memory-gib (default: the "
+        "device's memory), with and without --remat",
+    )  # fmt: skip
+    parser.add_argument("--memory-gib", type=float, help="memory budget for --max-batch")
+    parser.add_argument("--batch-step", type=int, default=8, help="resolution of --max-batch's search")
     parser.add_argument("--json", help="append results as JSON lines to this file")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -273,9 +350,11 @@ def main(argv: list[str] | None = None) -> int:
         except ImportError:
             parser.error("--vs-timm needs timm and PyTorch: pip install -e '.[parity]'")
 
+    if args.max_batch:
+        return report_max_batch(args)
     peak = args.peak_tflops * 1e12 if args.peak_tflops else DEVICE_PEAK_FLOPS.get(jax.devices()[0].device_kind)
     common = dict(dtype=args.dtype, warmup=args.warmup, repeats=args.repeats, peak_flops=peak,
-                  threads=args.threads, amp=False, channels_last=False)  # fmt: skip
+                  threads=args.threads, amp=False, channels_last=False, remat=args.remat)  # fmt: skip
     timm_variants = [dict(channels_last=False), dict(channels_last=True)]
     if args.timm_amp:
         timm_variants.append(dict(channels_last=True, amp=True))
@@ -291,6 +370,28 @@ def main(argv: list[str] | None = None) -> int:
                     f.write(json.dumps(dataclasses.asdict(results[-1])) + "\n")
     print(f"jax {jax.__version__} on {jax.devices()[0].device_kind}; XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
     print(format_table(results))
+    return 0
+
+
+def report_max_batch(args: argparse.Namespace) -> int:
+    """Prints (and appends as JSON) the largest train batch that fits the budget, without and with remat."""
+    if args.memory_gib:
+        budget = args.memory_gib * 2**30
+    else:
+        stats = jax.devices()[0].memory_stats() or {}
+        if "bytes_limit" not in stats:
+            print(f"{jax.devices()[0].platform} reports no memory limit: pass --memory-gib", file=sys.stderr)
+            return 2
+        budget = stats["bytes_limit"]
+    for remat in (False, True):
+        fits = lambda n, remat=remat: train_step_bytes(args.model, n, args.image_size, args.dtype, remat) <= budget
+        batch = largest_fitting(fits, start=args.batch, step=args.batch_step)
+        row = dict(model=args.model, image_size=args.image_size, dtype=args.dtype, remat=remat,
+                   budget_gib=budget / 2**30, max_batch=batch, device=jax.devices()[0].device_kind)  # fmt: skip
+        print(json.dumps(row), flush=True)
+        if args.json:
+            with open(args.json, "a") as f:
+                f.write(json.dumps(row) + "\n")
     return 0
 
 

@@ -36,3 +36,34 @@ def test_benchmark_runs_ours_and_timm_in_separate_processes(timm_and_torch, tmp_
 def test_bad_arguments_are_refused():
     with pytest.raises(SystemExit):
         bench.main(["--image-size", "64"])
+
+
+def test_largest_fitting_finds_the_boundary():
+    assert bench.largest_fitting(lambda n: n <= 77, start=8) == 77
+    assert bench.largest_fitting(lambda n: n <= 77, start=128) == 77
+    assert bench.largest_fitting(lambda n: n <= 77, start=8, step=8) in range(70, 78)
+    assert bench.largest_fitting(lambda n: False) == 0
+    assert bench.largest_fitting(lambda n: True, limit=300) == 300
+
+
+def test_remat_shrinks_the_activations_kept_for_backward():
+    # JAX's accounting of the gradient's residuals (traced, not compiled): per-block remat keeps block outputs only.
+    plain = bench.saved_activation_bytes(bench.models.create("inception_v4"), 8, 299)
+    remat = bench.saved_activation_bytes(bench.models.create("inception_v4", remat=True), 8, 299)
+    assert 1.5 * 2**30 < plain < 3 * 2**30  # ~2.1 GiB at batch 8, from every layer's output
+    assert remat < plain / 8
+
+
+def test_max_batch_reports_without_and_with_remat(monkeypatch, tmp_path, capsys):
+    # A stand-in memory model: 1 GiB fixed plus 0.1 GiB per image, a third of that with remat.
+    monkeypatch.setattr(bench, "train_step_bytes",
+                        lambda name, n, size, dtype, remat: 2**30 * (1 + n * (0.1 / 3 if remat else 0.1)))  # fmt: skip
+    out = tmp_path / "max.jsonl"
+    assert bench.main(["--max-batch", "--memory-gib", "5", "--batch-step", "1", "--json", str(out)]) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [(r["remat"], r["max_batch"]) for r in rows] == [(False, 40), (True, 120)]
+
+
+def test_max_batch_without_a_memory_limit_asks_for_one(capsys):
+    assert bench.main(["--max-batch"]) == 2
+    assert "--memory-gib" in capsys.readouterr().err
