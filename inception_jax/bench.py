@@ -108,7 +108,8 @@ def bench_ours(
     images = jnp.asarray(rng.uniform(-1, 1, (batch, size, size, 3)).astype(np.float32))
     saved = None
     if mode == "infer":
-        model, variables = models.fold_batchnorm(*_model_and_variables(name, dtype, size))
+        model = models.create(name, dtype=dtype)
+        model, variables = models.fold_batchnorm(model, models.init(model, size))
         fn = jax.jit(lambda v, x: model.apply(v, x, train=False))
         args: tuple = (variables, images)
         start = time.perf_counter()
@@ -116,17 +117,11 @@ def bench_ours(
         compile_s = time.perf_counter() - start
         step = lambda: compiled(*args).block_until_ready()
     else:
-        from inception_jax.training import config as config_lib
-        from inception_jax.training import optim, state, steps
-
         model = models.create(name, dtype=dtype, remat=remat)
         saved = saved_activation_bytes(model, batch, size)
-        recipe = config_lib.default_config()
-        schedule = optim.learning_rate_schedule(recipe, steps_per_epoch=1000)
-        tx = optim.make_optimizer(recipe, schedule)
-        holder = {"state": jax.jit(lambda r: state.create_train_state(model, tx, r, size))(jax.random.key(0))}
+        create_state, train_step = _train_step(model, size)
+        holder = {"state": jax.jit(create_state)(jax.random.key(0))}
         batch_arrays = {"image": images, "label": jnp.asarray(rng.integers(0, 1000, batch), jnp.int32)}
-        train_step = jax.jit(steps.make_train_step(model, schedule), donate_argnums=0)
         start = time.perf_counter()
         compiled = train_step.lower(holder["state"], batch_arrays).compile()
         compile_s = time.perf_counter() - start
@@ -147,9 +142,16 @@ def bench_ours(
     return _finish(result, cost.get("flops") if cost else None, peak_flops)
 
 
-def _model_and_variables(name: str, dtype: str, size: int) -> tuple[models.InceptionNet, dict]:
-    model = models.create(name, dtype=dtype)
-    return model, models.init(model, size)
+def _train_step(model: models.InceptionNet, size: int) -> tuple[Callable[[jax.Array], Any], Any]:
+    """(rng -> fresh train state, the jitted train step with the state donated) under the paper's recipe."""
+    from inception_jax.training import config as config_lib
+    from inception_jax.training import optim, state, steps
+
+    recipe = config_lib.default_config()
+    schedule = optim.learning_rate_schedule(recipe, steps_per_epoch=1000)
+    tx = optim.make_optimizer(recipe, schedule)
+    create_state = lambda rng: state.create_train_state(model, tx, rng, size)
+    return create_state, jax.jit(steps.make_train_step(model, schedule), donate_argnums=0)
 
 
 def saved_activation_bytes(model: models.InceptionNet, batch: int, size: int) -> float | None:
@@ -174,18 +176,11 @@ def saved_activation_bytes(model: models.InceptionNet, batch: int, size: int) ->
 def train_step_bytes(name: str, batch: int, size: int, dtype: str, remat: bool) -> int:
     """Device bytes XLA plans for one compiled train step (arguments, outputs and temporaries; donated state
     counted once). Compiles, does not run."""
-    from inception_jax.training import config as config_lib
-    from inception_jax.training import optim, state, steps
-
-    model = models.create(name, dtype=dtype, remat=remat)
-    recipe = config_lib.default_config()
-    schedule = optim.learning_rate_schedule(recipe, steps_per_epoch=1000)
-    tx = optim.make_optimizer(recipe, schedule)
-    train_state = jax.eval_shape(lambda r: state.create_train_state(model, tx, r, size), jax.random.key(0))
+    create_state, train_step = _train_step(models.create(name, dtype=dtype, remat=remat), size)
+    train_state = jax.eval_shape(create_state, jax.random.key(0))
     batch_arrays = {"image": jax.ShapeDtypeStruct((batch, size, size, 3), jnp.float32),
                     "label": jax.ShapeDtypeStruct((batch,), jnp.int32)}  # fmt: skip
-    compiled = jax.jit(steps.make_train_step(model, schedule), donate_argnums=0).lower(train_state, batch_arrays)
-    memory = compiled.compile().memory_analysis()
+    memory = train_step.lower(train_state, batch_arrays).compile().memory_analysis()
     return int(memory.argument_size_in_bytes + memory.temp_size_in_bytes + memory.output_size_in_bytes
                - memory.alias_size_in_bytes)  # fmt: skip
 

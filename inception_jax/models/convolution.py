@@ -3,11 +3,11 @@ is slow. Same parameters, same results (to float rounding), gradients included.
 
 - Pointwise (1x1, stride 1) convolutions are matmuls. As convolutions, XLA's CPU backend transposes the input of
   each one for the weight gradient and fuses the whole chain of elementwise ops that produced it into that transpose,
-  so a residual stack recomputed every earlier block's output in each block (quadratic work: 60% of an
-  Inception-ResNet-v2 train step). As a matmul neither happens.
+  so a residual stack recomputed every earlier block's output in each block (quadratic work: 3.0 of the 13.6
+  thread-seconds of an Inception-ResNet-v2 train step at batch 8, 299x299). As a matmul neither happens.
 - Strided convolutions take their input gradient as stride x stride ordinary convolutions, one per output phase
   ("sub-pixel" decomposition), instead of XLA's input-dilated convolution, which computes mostly on inserted zeros:
-  2x faster for the stem and grid-reduction convs.
+  1.5-2.2x faster for the stem and grid-reduction convs at batch 8 in our timings.
 """
 
 from __future__ import annotations

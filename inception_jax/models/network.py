@@ -92,7 +92,6 @@ class InceptionNet(nn.Module):
         x = nn.Dense(self.num_classes, kernel_init=kernel_init, dtype=self.dtype, name="Logits")(x)
         return x.astype(jnp.float32)
 
-
     def features(self, x: jax.Array, train: bool) -> jax.Array:
         """The backbone, under per-block rematerialisation when `remat` is set and training.
 

@@ -1,9 +1,10 @@
 """The two pools of these networks, written as strided slices so that XLA fuses them into plain loops.
 
 `lax.reduce_window` (what `nn.max_pool` / `nn.avg_pool` lower to) runs as a naive window loop on XLA's CPU backend,
-and the max pool's gradient adds index iotas and a variadic reduce-window on top: together they took a quarter of an
-Inception-v4 train step on CPU. A 3x3 window is nine shifted views of the input, so both pools become elementwise
-maxima and sums that fuse with their neighbours. The results equal TensorFlow's pools, gradients included.
+and the max pool's gradient adds index iotas and a variadic reduce-window on top: together 0.7 of the 9.2
+thread-seconds of an Inception-v4 train step on CPU (batch 8, 299x299). A 3x3 window is nine shifted views of the
+input, so both pools become elementwise maxima and sums that fuse with their neighbours. The results equal
+TensorFlow's pools, gradients included.
 """
 
 from __future__ import annotations
@@ -16,12 +17,10 @@ import numpy as np
 from jax import lax
 
 
-def _views(x: jax.Array, window: int, stride: int, out_h: int, out_w: int) -> list[tuple[int, int, jax.Array]]:
+def _views(x: jax.Array, window: int, stride: int, out_h: int, out_w: int) -> list[jax.Array]:
     """The window's shifted, strided views of an NHWC array, in row-major window order."""
     span_h, span_w = stride * (out_h - 1) + 1, stride * (out_w - 1) + 1
-    return [
-        (i, j, x[:, i : i + span_h : stride, j : j + span_w : stride, :]) for i in range(window) for j in range(window)
-    ]
+    return [x[:, i : i + span_h : stride, j : j + span_w : stride, :] for i in range(window) for j in range(window)]
 
 
 def _valid_size(size: int, window: int, stride: int) -> int:
@@ -32,7 +31,7 @@ def _valid_size(size: int, window: int, stride: int) -> int:
 def max_pool_valid(x: jax.Array, window: int = 3, stride: int = 2) -> jax.Array:
     """Max pool with a square `window`, `stride` and VALID padding over NHWC `x`."""
     out_h, out_w = _valid_size(x.shape[1], window, stride), _valid_size(x.shape[2], window, stride)
-    return functools.reduce(jnp.maximum, (v for _, _, v in _views(x, window, stride, out_h, out_w)))
+    return functools.reduce(jnp.maximum, _views(x, window, stride, out_h, out_w))
 
 
 def _max_pool_fwd(x: jax.Array, window: int, stride: int) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
@@ -49,7 +48,7 @@ def _max_pool_bwd(window: int, stride: int, residuals: tuple[jax.Array, jax.Arra
     views = _views(x, window, stride, out_h, out_w)
     first = jnp.full(y.shape, window * window, jnp.int32)
     for k in reversed(range(window * window)):
-        first = jnp.where(views[k][2] == y, k, first)
+        first = jnp.where(views[k] == y, k, first)
     zero = jnp.zeros((), g.dtype)
     # Input row stride*q + r receives from window rows r, r + stride, ... of outputs q, q - 1, ...: assemble each of
     # the stride x stride phases of dx from shifted copies of the routed gradients, then interleave the phases.

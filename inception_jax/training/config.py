@@ -29,7 +29,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.model.bn_epsilon = 1e-3
     c.model.bn_scale = False  # TF-slim: no gamma before a ReLU
     c.model.dtype = "float32"  # compute dtype; "bfloat16" = mixed precision, weights stay float32
-    c.model.remat = False  # per-block rematerialisation: ~1/10 the activation memory for ~1/3 more compute
+    c.model.remat = False  # per-block rematerialisation: 7-14x fewer activations kept, blocks' forward run twice
 
     c.dataset = data.default_dataset_config()
     c.dataset.name = "imagenet2012"
