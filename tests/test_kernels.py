@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from jax import lax
 
-from inception_jax.models import convolution, pooling
+from inception_jax.models import convolution, pooling, winograd
 
 NHWC = ("NHWC", "HWIO", "NHWC")
 
@@ -35,8 +35,20 @@ CONVS = [
 ]
 
 
-@pytest.mark.parametrize("x_shape,kernel,features,stride,padding", CONVS)
-def test_conv_matches_lax_values_and_gradients(x_shape, kernel, features, stride, padding):
+# Wide enough for the Winograd path (winograd.MIN_CHANNELS): 1x7, 7x1, 1x5, 1x3 and 3x1, with SAME, VALID, explicit
+# and negative padding (which crops), on both axes, and a map whose output is barely one tile.
+WINOGRAD_CONVS = [
+    ((1, 7, 9, 128), (1, 7), 130, 1, "SAME"),
+    ((1, 9, 6, 130), (7, 1), 128, 1, "VALID"),
+    ((1, 9, 6, 128), (7, 1), 128, 1, ((1, 2), (0, 3))),
+    ((1, 6, 8, 128), (1, 5), 128, 1, ((-1, 2), (3, -2))),
+    ((1, 5, 6, 128), (1, 3), 129, 1, "SAME"),
+    ((1, 5, 6, 128), (3, 1), 128, 1, ((2, 0), (0, 1))),
+    ((1, 3, 4, 128), (7, 1), 128, 1, "SAME"),
+]
+
+
+def check_conv_against_lax(x_shape, kernel, features, stride, padding, tolerance):
     x, w = random(x_shape, 0), random((*kernel, x_shape[-1], features), 1)
     dn = lax.conv_dimension_numbers(x.shape, w.shape, NHWC)
 
@@ -49,9 +61,47 @@ def test_conv_matches_lax_values_and_gradients(x_shape, kernel, features, stride
     (_, y_ref), grads_ref = jax.value_and_grad(lambda x, w: loss(lax.conv_general_dilated, x, w),
                                                argnums=(0, 1), has_aux=True)(x, w)  # fmt: skip
     assert y.shape == y_ref.shape
-    assert relative_error(y, y_ref) < 1e-5
-    assert relative_error(grads[0], grads_ref[0]) < 1e-5, "input gradient"
-    assert relative_error(grads[1], grads_ref[1]) < 1e-5, "kernel gradient"
+    assert relative_error(y, y_ref) < tolerance
+    assert relative_error(grads[0], grads_ref[0]) < tolerance, "input gradient"
+    assert relative_error(grads[1], grads_ref[1]) < tolerance, "kernel gradient"
+
+
+@pytest.mark.parametrize("x_shape,kernel,features,stride,padding", CONVS)
+def test_conv_matches_lax_values_and_gradients(x_shape, kernel, features, stride, padding):
+    check_conv_against_lax(x_shape, kernel, features, stride, padding, tolerance=1e-5)
+
+
+@pytest.mark.parametrize("x_shape,kernel,features,stride,padding", WINOGRAD_CONVS)
+def test_winograd_conv_matches_lax_values_and_gradients(x_shape, kernel, features, stride, padding):
+    # Winograd's transforms round more than a direct sum: 1e-5 of the output's scale measured for F(3, 7).
+    check_conv_against_lax(x_shape, kernel, features, stride, padding, tolerance=5e-5)
+
+
+@pytest.mark.parametrize("m,r", [(2, 3), (3, 5), (3, 7), (4, 3), (2, 7)])
+def test_winograd_transforms_compute_the_correlation(m, r):
+    """A^T [(G w) * (B^T d)] equals y_i = sum_k w_k d_(i+k) to float64 rounding."""
+    a_t, g, b_t = winograd.transforms(m, r)
+    assert (a_t.shape, g.shape, b_t.shape) == ((m, m + r - 1), (m + r - 1, r), (m + r - 1, m + r - 1))
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        d, w = rng.standard_normal(m + r - 1), rng.standard_normal(r)
+        direct = [sum(w[k] * d[i + k] for k in range(r)) for i in range(m)]
+        np.testing.assert_allclose(a_t @ ((g @ w) * (b_t @ d)), direct, rtol=1e-10, atol=1e-10)
+
+
+def test_winograd_applies_only_to_wide_float32_cpu_convs():
+    x = jnp.zeros((1, 9, 9, 128))
+    dn = lax.conv_dimension_numbers(x.shape, (1, 7, 128, 128), NHWC)
+    conv = lambda x, w: convolution.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=dn)  # noqa: E731
+    w = jnp.zeros((1, 7, 128, 128))
+    assert "dot_general" in str(jax.make_jaxpr(conv)(x, w))
+    assert "dot_general" not in str(jax.make_jaxpr(conv)(x.astype(jnp.bfloat16), w.astype(jnp.bfloat16)))
+    narrow = jnp.zeros((1, 9, 9, 64))
+    assert "dot_general" not in str(jax.make_jaxpr(conv)(narrow, jnp.zeros((1, 7, 64, 128))))
+    # Lowered for a GPU, the direct convolution is all that is left.
+    for platform, winograd_expected in (("cpu", True), ("cuda", False)):
+        module = jax.export.export(jax.jit(conv), platforms=[platform])(x, w).mlir_module()
+        assert ("dot_general" in module) == winograd_expected, platform
 
 
 def test_conv_takes_the_fast_paths():
