@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+import inception_jax
 from inception_jax import models
 
 # Dense bfloat16 peaks (FLOP/s) for MFU; anything else takes --peak-tflops.
@@ -300,9 +301,16 @@ def run_job(job: dict) -> Result:
 def run_isolated(job: dict) -> Result:
     """One measurement in a fresh process, so that neither framework's thread pools, caches or memory high-water
     mark affect the other's figures."""
+    env = dict(os.environ)
+    if job["impl"] == "timm":
+        # PyTorch runs as its users run it: without our huge-page malloc (which did not speed it up either).
+        env["INCEPTION_JAX_KEEP_MALLOC"] = "1"
+        tunables = [t for t in env.pop("GLIBC_TUNABLES", "").split(":") if t and t != inception_jax.HUGE_PAGE_TUNABLE]
+        if tunables:
+            env["GLIBC_TUNABLES"] = ":".join(tunables)
     out = subprocess.run(
         [sys.executable, "-m", "inception_jax.bench", "--worker", json.dumps(job)],
-        check=True, stdout=subprocess.PIPE, text=True,
+        check=True, stdout=subprocess.PIPE, text=True, env=env,
     )  # fmt: skip
     return Result(**json.loads(out.stdout.strip().splitlines()[-1]))
 
@@ -363,7 +371,8 @@ def main(argv: list[str] | None = None) -> int:
             if args.json:
                 with open(args.json, "a") as f:
                     f.write(json.dumps(dataclasses.asdict(results[-1])) + "\n")
-    print(f"jax {jax.__version__} on {jax.devices()[0].device_kind}; XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
+    print(f"jax {jax.__version__} on {jax.devices()[0].device_kind}; XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}; "
+          f"GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '')!r} (ours)")  # fmt: skip
     print(format_table(results))
     return 0
 

@@ -2,10 +2,18 @@
 tests, carry speed targets)."""
 
 import json
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
+import inception_jax
 from inception_jax import bench
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def result(impl, ips):
@@ -67,3 +75,36 @@ def test_max_batch_reports_without_and_with_remat(monkeypatch, tmp_path, capsys)
 def test_max_batch_without_a_memory_limit_asks_for_one(capsys):
     assert bench.main(["--max-batch"]) == 2
     assert "--memory-gib" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(sys.platform != "linux" or platform.libc_ver()[0] != "glibc", reason="glibc's malloc only")
+def test_command_line_restarts_with_huge_page_malloc():
+    """`python -m inception_jax.bench` (and .main) restart once with glibc.malloc.hugetlb=1; an opt-out keeps the
+    environment as it was."""
+    command = [sys.executable, "-m", "inception_jax.bench", "--model", "inception_v3", "--mode", "infer", "--batch",
+               "1", "--image-size", "75", "--warmup", "0", "--repeats", "1"]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", "INCEPTION_JAX_KEEP_MALLOC")}
+    out = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    try:
+        with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:
+            expected = "[never]" not in f.read()
+    except OSError:
+        expected = False
+    assert (f"GLIBC_TUNABLES='{inception_jax.HUGE_PAGE_TUNABLE}' (ours)" in out.stdout) == expected, out.stdout
+
+
+def test_timm_runs_without_our_malloc_settings(monkeypatch):
+    seen = {}
+
+    def fake_run(command, env, **kwargs):
+        seen[json.loads(command[-1])["impl"]] = env
+        return subprocess.CompletedProcess(command, 0, json.dumps(result("ours", 1.0).__dict__) + "\n")
+
+    monkeypatch.setattr(bench.subprocess, "run", fake_run)
+    monkeypatch.setenv("GLIBC_TUNABLES", f"glibc.malloc.arena_max=2:{inception_jax.HUGE_PAGE_TUNABLE}")
+    bench.run_isolated({"impl": "ours"})
+    bench.run_isolated({"impl": "timm"})
+    assert inception_jax.HUGE_PAGE_TUNABLE in seen["ours"]["GLIBC_TUNABLES"]
+    assert seen["timm"]["GLIBC_TUNABLES"] == "glibc.malloc.arena_max=2"
+    assert seen["timm"]["INCEPTION_JAX_KEEP_MALLOC"] == "1"
