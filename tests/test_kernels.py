@@ -36,15 +36,14 @@ CONVS = [
 
 
 # Wide enough for the Winograd path (winograd.MIN_CHANNELS): 1x7, 7x1, 1x5, 1x3 and 3x1, with SAME, VALID, explicit
-# and negative padding (which crops), on both axes, and a map whose output is barely one tile.
+# and negative padding (which crops), on both axes, with a ragged last tile.
 WINOGRAD_CONVS = [
     ((1, 7, 9, 128), (1, 7), 130, 1, "SAME"),
-    ((1, 9, 6, 130), (7, 1), 128, 1, "VALID"),
+    ((1, 12, 6, 130), (7, 1), 128, 1, "VALID"),
     ((1, 9, 6, 128), (7, 1), 128, 1, ((1, 2), (0, 3))),
-    ((1, 6, 8, 128), (1, 5), 128, 1, ((-1, 2), (3, -2))),
+    ((1, 6, 10, 128), (1, 5), 128, 1, ((-1, 2), (3, -2))),
     ((1, 5, 6, 128), (1, 3), 129, 1, "SAME"),
     ((1, 5, 6, 128), (3, 1), 128, 1, ((2, 0), (0, 1))),
-    ((1, 3, 4, 128), (7, 1), 128, 1, "SAME"),
 ]
 
 
@@ -73,6 +72,8 @@ def test_conv_matches_lax_values_and_gradients(x_shape, kernel, features, stride
 
 @pytest.mark.parametrize("x_shape,kernel,features,stride,padding", WINOGRAD_CONVS)
 def test_winograd_conv_matches_lax_values_and_gradients(x_shape, kernel, features, stride, padding):
+    pads = padding if not isinstance(padding, str) else lax.padtype_to_pads(x_shape[1:3], kernel, (1, 1), padding)
+    assert winograd.applies(x_shape, (*kernel, x_shape[-1], features), (1, 1), pads, jnp.float32)
     # Winograd's transforms round more than a direct sum: 1e-5 of the output's scale measured for F(3, 7).
     check_conv_against_lax(x_shape, kernel, features, stride, padding, tolerance=5e-5)
 
@@ -98,6 +99,8 @@ def test_winograd_applies_only_to_wide_float32_cpu_convs():
     assert "dot_general" not in str(jax.make_jaxpr(conv)(x.astype(jnp.bfloat16), w.astype(jnp.bfloat16)))
     narrow = jnp.zeros((1, 9, 9, 64))
     assert "dot_general" not in str(jax.make_jaxpr(conv)(narrow, jnp.zeros((1, 7, 64, 128))))
+    one_tile = jnp.zeros((1, 3, 3, 128))  # the 17x17 grid at 75x75 input
+    assert "dot_general" not in str(jax.make_jaxpr(conv)(one_tile, w))
     # Lowered for a GPU, the direct convolution is all that is left.
     for platform, winograd_expected in (("cpu", True), ("cuda", False)):
         module = jax.export.export(jax.jit(conv), platforms=[platform])(x, w).mlir_module()

@@ -11,10 +11,12 @@ The gradients are written the same way (custom VJP): the input gradient is the s
 gradient with the flipped kernel, and the weight gradient is taken in the transformed domain, (G^T) sum over tiles
 of (B^T x_tile) (A dy_tile). So all three passes do (m + r - 1) / (m r) of the direct convolution's multiplies.
 
-Where it pays (measured on a 2-core AVX-512 CPU, batch 8, forward + both gradients, `experiments/`-style
-microbenchmark): 17x17 maps with 128-256 channels, F(3, 7), 2.2-3.2x faster than XLA's convolution; 8x8 maps with
-384-448 channels, F(2, 3), 1.2-1.6x. Not on 73x73 maps with 64 channels (the transforms, which only move memory,
-cost more than the matmuls save), so `applies` requires wide layers.
+Where it pays (2-core AVX-512 CPU, batch 8, forward plus both gradients, each pass jitted alone): 17x17 maps with
+128-256 channels, F(3, 7), 1.6-3.2x faster than XLA's convolution; 8x8 maps with 384-448 channels, F(2, 3),
+1.2-1.6x. A v4 17x17-block chain (1x1, 1x7, 7x1 conv-BN-ReLU, forward and backward) went from 109 to 66 ms, and
+the v4 train step at batch 8, 299x299 from 4.0-4.2 s to 3.5-3.7 s. Not on 73x73 maps with 64 channels: the
+transforms, which only move memory, cost more than the matmuls save (1.1-1.3x slower), so `applies` requires wide
+layers.
 """
 
 from __future__ import annotations
@@ -102,7 +104,7 @@ def applies(
     return (
         jnp.dtype(dtype) == jnp.float32  # the transforms' rounding error grows too large in 16-bit types
         and min(c_in, c_out) >= MIN_CHANNELS
-        and out >= TILE[k]
+        and out >= 2 * TILE[k]  # one tile (a 3x3 map at 75x75 input) measured slower than the direct conv
     )
 
 
