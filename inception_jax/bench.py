@@ -155,15 +155,11 @@ def _train_step(model: models.InceptionNet, size: int) -> tuple[Callable[[jax.Ar
 
 
 def model_flops(jitted: Any, args: tuple) -> float | None:
-    """FLOPs of one call by XLA's cost analysis of the program as lowered for a GPU, i.e. with direct convolutions:
-    on the CPU the Winograd convolutions do fewer multiplies (59.0 instead of 70.7 GFLOP per image for a v4 train
-    step), and FLOP/s and MFU would no longer compare with implementations that run direct convolutions."""
+    """`models.direct_flops`, or None where this jax cannot lower for another platform (the benchmark still runs)."""
     try:
-        cost = jitted.trace(*args).lower(lowering_platforms=("cuda",)).cost_analysis()
-    except Exception:  # noqa: BLE001 - a jax without cross-platform lowering: report nothing rather than fail
+        return models.direct_flops(jitted, *args)
+    except Exception:  # noqa: BLE001
         return None
-    cost = cost[0] if isinstance(cost, list) else cost
-    return cost.get("flops") if cost else None
 
 
 def saved_activation_bytes(model: models.InceptionNet, batch: int, size: int) -> float | None:
