@@ -116,6 +116,7 @@ def bench_ours(
         start = time.perf_counter()
         compiled = fn.lower(*args).compile()
         compile_s = time.perf_counter() - start
+        flops = models.direct_flops(fn, *args)
         step = lambda: compiled(*args).block_until_ready()
     else:
         model = models.create(name, dtype=dtype, remat=remat)
@@ -126,12 +127,12 @@ def bench_ours(
         start = time.perf_counter()
         compiled = train_step.lower(holder["state"], batch_arrays).compile()
         compile_s = time.perf_counter() - start
+        flops = models.direct_flops(train_step, holder["state"], batch_arrays)
 
         def step() -> None:
             holder["state"], metrics = compiled(holder["state"], batch_arrays)
             jax.block_until_ready(metrics)
 
-    flops = model_flops(fn, args) if mode == "infer" else model_flops(train_step, (holder["state"], batch_arrays))
     times = time_steps(step, warmup, repeats)
     median = statistics.median(times)
     result = Result(
@@ -152,14 +153,6 @@ def _train_step(model: models.InceptionNet, size: int) -> tuple[Callable[[jax.Ar
     tx = optim.make_optimizer(recipe, schedule)
     create_state = lambda rng: state.create_train_state(model, tx, rng, size)
     return create_state, jax.jit(steps.make_train_step(model, schedule), donate_argnums=0)
-
-
-def model_flops(jitted: Any, args: tuple) -> float | None:
-    """`models.direct_flops`, or None where this jax cannot lower for another platform (the benchmark still runs)."""
-    try:
-        return models.direct_flops(jitted, *args)
-    except Exception:  # noqa: BLE001
-        return None
 
 
 def saved_activation_bytes(model: models.InceptionNet, batch: int, size: int) -> float | None:

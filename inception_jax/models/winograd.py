@@ -11,12 +11,12 @@ The gradients are written the same way (custom VJP): the input gradient is the s
 gradient with the flipped kernel, and the weight gradient is taken in the transformed domain, (G^T) sum over tiles
 of (B^T x_tile) (A dy_tile). So all three passes do (m + r - 1) / (m r) of the direct convolution's multiplies.
 
-Where it pays (2-core AVX-512 CPU, batch 8, forward plus both gradients, each pass jitted alone): 17x17 maps with
-128-256 channels, F(3, 7), 1.6-3.2x faster than XLA's convolution; 8x8 maps with 384-448 channels, F(2, 3),
-1.2-1.6x. A v4 17x17-block chain (1x1, 1x7, 7x1 conv-BN-ReLU, forward and backward) went from 109 to 66 ms, and
-the v4 train step at batch 8, 299x299 from 4.0-4.2 s to 3.5-3.7 s. Not on 73x73 maps with 64 channels: the
-transforms, which only move memory, cost more than the matmuls save (1.1-1.3x slower), so `applies` requires wide
-layers.
+Where it pays (2-core AVX-512 CPU, batch 8, forward plus both gradients, each pass jitted alone, medians of 7):
+17x17 maps with 128-256 channels, F(3, 7), 1.7-3.0x faster than XLA's convolution (e.g. 192 -> 224 1x7: 30.5 ->
+14.8 ms); 8x8 maps with 384-448 channels, F(2, 3), 1.1-1.7x. A v4 17x17-block chain (1x1, 1x7, 7x1 conv-BN-ReLU,
+forward and backward) went from 109 to 66 ms, and the v4 train step at batch 8, 299x299 (huge-page malloc, two
+separate processes each way) from medians of 4.07 and 4.12 s to 3.49 and 3.71 s. No gain on the v4 stem's 73x73
+maps with 64 channels (XLA 109.4 ms, Winograd 107.9 ms), so `applies` requires wide layers.
 """
 
 from __future__ import annotations
@@ -34,9 +34,13 @@ from jax import lax
 # error, small (F(3, 7) uses the first eight plus the point at infinity).
 _POINTS = (0, 1, -1, 2, -2, Fraction(1, 2), Fraction(-1, 2), 3, -3, Fraction(1, 3), Fraction(-1, 3))
 
-# Output tile per kernel length: the largest tile whose float32 error stayed near 1e-5 of the output's scale.
+# Output tile per kernel length. 7: F(3, 7) was as fast as F(4, 7) on the 17x17 layers with a third of its float32
+# error (1e-5 against 3e-5 of the output's scale). 3: F(2, 3), the most accurate, was the fastest on one 8x8 layer
+# (12.6 against 14.1 and 14.6 ms for F(3, 3), F(4, 3)) and 11% behind F(4, 3) on the other. 5: no network has 5-tap
+# convs; F(3, 5) is tested, not timed.
 TILE = {3: 2, 5: 3, 7: 3}
-# The narrower of input and output channels below which the direct convolution wins (see the module docstring).
+# The narrower of input and output channels from which the Winograd path is taken: 128-channel layers gained,
+# 64-channel ones did not (see the module docstring).
 MIN_CHANNELS = 128
 
 
