@@ -35,8 +35,8 @@ CONVS = [
 ]
 
 
-# Wide enough for the Winograd path (winograd.MIN_CHANNELS): 1x7, 7x1, 1x5, 1x3 and 3x1, with SAME, VALID, explicit
-# and negative padding (which crops), on both axes, with a ragged last tile.
+# Inside the sizes the Winograd path takes (winograd.MIN_CHANNELS, MIN_CHANNELS_2D, MAP_2D): 1x7, 7x1, 1x5, 1x3,
+# 3x1 and 3x3, with SAME, VALID, explicit and negative padding (which crops), on both axes, with ragged last tiles.
 WINOGRAD_CONVS = [
     ((1, 7, 9, 128), (1, 7), 130, 1, "SAME"),
     ((1, 12, 6, 130), (7, 1), 128, 1, "VALID"),
@@ -44,6 +44,10 @@ WINOGRAD_CONVS = [
     ((1, 6, 10, 128), (1, 5), 128, 1, ((-1, 2), (3, -2))),
     ((1, 5, 6, 128), (1, 3), 129, 1, "SAME"),
     ((1, 5, 6, 128), (3, 1), 128, 1, ((2, 0), (0, 1))),
+    ((1, 26, 25, 48), (3, 3), 50, 1, "SAME"),
+    ((1, 27, 30, 49), (3, 3), 48, 1, "VALID"),
+    ((1, 25, 26, 48), (3, 3), 48, 1, ((1, 2), (0, 1))),
+    ((1, 28, 27, 48), (3, 3), 48, 1, ((2, -1), (-1, 2))),
 ]
 
 
@@ -74,7 +78,8 @@ def test_conv_matches_lax_values_and_gradients(x_shape, kernel, features, stride
 def test_winograd_conv_matches_lax_values_and_gradients(x_shape, kernel, features, stride, padding):
     pads = padding if not isinstance(padding, str) else lax.padtype_to_pads(x_shape[1:3], kernel, (1, 1), padding)
     assert winograd.applies(x_shape, (*kernel, x_shape[-1], features), (1, 1), pads, jnp.float32)
-    # Winograd's transforms round more than a direct sum: 1e-5 of the output's scale measured for F(3, 7).
+    # Winograd's transforms round more than a direct sum: 1e-5 of the output's scale measured for F(3, 7) and
+    # F(4x4, 3x3).
     check_conv_against_lax(x_shape, kernel, features, stride, padding, tolerance=5e-5)
 
 
@@ -101,6 +106,14 @@ def test_winograd_applies_only_to_wide_float32_cpu_convs():
     assert "dot_general" not in str(jax.make_jaxpr(conv)(narrow, jnp.zeros((1, 7, 64, 128))))
     one_tile = jnp.zeros((1, 3, 3, 128))  # the 17x17 grid at 75x75 input
     assert "dot_general" not in str(jax.make_jaxpr(conv)(one_tile, w))
+    # 3x3: the 35x35 grid from 48 channels; not the stem's large maps, not 8x8 maps, not 32 channels.
+    for shape, channels, expected in [((1, 35, 35, 64), 96, True), ((1, 73, 73, 64), 96, False),
+                                      ((1, 8, 8, 448), 384, False), ((1, 35, 35, 32), 32, False)]:  # fmt: skip
+        x3, w3 = jnp.zeros(shape), jnp.zeros((3, 3, shape[-1], channels))
+        dn3 = lax.conv_dimension_numbers(x3.shape, w3.shape, NHWC)
+        jaxpr = str(jax.make_jaxpr(lambda x, w, dn3=dn3: convolution.conv_general_dilated(
+            x, w, (1, 1), "SAME", dimension_numbers=dn3))(x3, w3))  # fmt: skip
+        assert ("dot_general" in jaxpr) == expected, (shape, channels)
     # Lowered for a GPU, the direct convolution is all that is left.
     for platform, winograd_expected in (("cpu", True), ("cuda", False)):
         module = jax.export.export(jax.jit(conv), platforms=[platform])(x, w).mlir_module()
@@ -140,3 +153,33 @@ def test_avg_pool_matches_flax(shape, include_padding):
     np.testing.assert_allclose(ours(x), ref(x), rtol=1e-5, atol=1e-6)
     grad = jax.grad(lambda x: jnp.sum(ours(x) * c))(x)
     np.testing.assert_allclose(grad, jax.grad(lambda x: jnp.sum(ref(x) * c))(x), rtol=1e-5, atol=1e-6)
+
+
+def test_inception_a_block_is_unchanged_by_winograd(monkeypatch):
+    """A whole v4 Inception-A block (Fig. 4) at its 35x35 size, where its 3x3 convs take F(4x4, 3x3): outputs, BN
+    statistics and parameter gradients equal the direct convolutions'."""
+    from inception_jax.models import inception_v4, layers
+
+    block = inception_v4.InceptionA(layers.LayerConfig())
+    x = random((2, 35, 35, 384), 6)
+    variables = block.init(jax.random.key(0), x, train=True)
+
+    def make_run():  # a fresh function per call: jit would otherwise reuse the first trace
+        def run(x):
+            def loss(params):
+                y, updates = block.apply({**variables, "params": params}, x, train=True, mutable=["batch_stats"])
+                return jnp.sum(y * jnp.cos(jnp.arange(y.size, dtype=y.dtype).reshape(y.shape))), (y, updates)
+
+            return jax.grad(loss, has_aux=True)(variables["params"])
+
+        return run
+
+    grads, (y, stats) = jax.jit(make_run())(x)
+    custom_vjps = str(jax.make_jaxpr(make_run())(x)).count("custom_vjp_call")
+    monkeypatch.setattr(winograd, "applies", lambda *args: False)
+    grads_ref, (y_ref, stats_ref) = jax.jit(make_run())(x)
+    assert str(jax.make_jaxpr(make_run())(x)).count("custom_vjp_call") == custom_vjps - 3  # the block's three 3x3s
+    assert relative_error(y, y_ref) < 5e-5
+    for tree, ref in ((grads, grads_ref), (stats, stats_ref)):
+        for leaf, leaf_ref in zip(jax.tree.leaves(tree), jax.tree.leaves(ref), strict=True):
+            assert relative_error(leaf, leaf_ref) < 5e-5

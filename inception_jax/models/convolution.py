@@ -9,7 +9,8 @@ is slow. Same parameters, same results (to float rounding), gradients included.
   ("sub-pixel" decomposition), instead of XLA's input-dilated convolution, which computes mostly on inserted zeros:
   1.5-2.2x faster for the stem and grid-reduction convs at batch 8 in our timings.
 - Wide 1xk and kx1 convolutions (the factorised 7x7s of the 17x17 blocks, the 1x3/3x1 of the 8x8 blocks) run as
-  one-dimensional Winograd convolutions (`winograd.py`), on the CPU only and in float32 only.
+  one-dimensional Winograd convolutions, the 3x3 convolutions of the 35x35 blocks as two-dimensional ones
+  (`winograd.py`), on the CPU only and in float32 only.
 """
 
 from __future__ import annotations
@@ -56,15 +57,12 @@ def conv_general_dilated(
         pads = tuple(tuple(p) for p in padding)
         return strided_conv(lhs, rhs, strides, pads, precision)
     if plain and winograd.applies(lhs.shape, rhs.shape, strides, padding, lhs.dtype):
-        axis = 1 if rhs.shape[0] > 1 else 2
         direct = functools.partial(lax.conv_general_dilated, window_strides=strides, padding=padding,
                                    dimension_numbers=_NHWC, precision=precision)  # fmt: skip
-        other = [(0, 0, 0)] * 4
-        other[3 - axis] = (*padding[2 - axis], 0)  # the 1-tap axis only needs its padding applied
+        pads = tuple(tuple(p) for p in padding)
 
         def fast(x: jax.Array, w: jax.Array) -> jax.Array:
-            x = lax.pad(x, jnp.zeros((), x.dtype), other)
-            return winograd.conv1d(x, w, axis, tuple(padding[axis - 1]))
+            return winograd.conv(x, w, pads)
 
         # GPUs and TPUs have convolution libraries that beat this decomposition: only the CPU takes it.
         return lax.platform_dependent(lhs, rhs, cpu=fast, default=direct)

@@ -1,4 +1,5 @@
-"""One-dimensional Winograd convolution F(m, r) for the 1xk and kx1 convs of the factorised Inception blocks.
+"""Winograd convolution: F(m, r) along one axis for the 1xk and kx1 convs of the factorised Inception blocks, and
+F(m x m, r x r) for the 3x3 convs of the 35x35 blocks.
 
 F(m, r) computes m outputs of an r-tap correlation from m + r - 1 products instead of m * r (Lavin & Gray,
 "Fast Algorithms for Convolutional Neural Networks", 2016). Along one spatial axis the input is cut into tiles of m
@@ -7,16 +8,19 @@ products become m + r - 1 batched matmuls over channels, which the transform A^T
 
     y_tile = A^T [(G w) * (B^T x_tile)]
 
-The gradients are written the same way (custom VJP): the input gradient is the same algorithm run on the output
-gradient with the flipped kernel, and the weight gradient is taken in the transformed domain, (G^T) sum over tiles
-of (B^T x_tile) (A dy_tile). So all three passes do (m + r - 1) / (m r) of the direct convolution's multiplies.
+The two-dimensional version nests the same transforms along both axes: (m + r - 1)^2 matmuls for m^2 outputs
+(36 for 16 with F(4x4, 3x3), against 144). The gradients are written the same way (custom VJP): the input
+gradient is the same algorithm run on the output gradient with the flipped kernel, and the weight gradient is taken
+in the transformed domain, G^T [sum over tiles of (B^T x_tile) (A dy_tile)] (and G on the right in two dimensions).
+So all three passes save the same share of multiplies.
 
 Where it pays (2-core AVX-512 CPU, batch 8, forward plus both gradients, each pass jitted alone, medians of 7):
 17x17 maps with 128-256 channels, F(3, 7), 1.7-3.0x faster than XLA's convolution (e.g. 192 -> 224 1x7: 30.5 ->
-14.8 ms); 8x8 maps with 384-448 channels, F(2, 3), 1.1-1.7x. A v4 17x17-block chain (1x1, 1x7, 7x1 conv-BN-ReLU,
-forward and backward) went from 109 to 66 ms, and the v4 train step at batch 8, 299x299 (huge-page malloc, two
-separate processes each way) from medians of 4.07 and 4.12 s to 3.49 and 3.71 s. No gain on the v4 stem's 73x73
-maps with 64 channels (XLA 109.4 ms, Winograd 107.9 ms), so `applies` requires wide layers.
+14.8 ms); 8x8 maps with 384-448 channels, F(2, 3), 1.1-1.7x; 35x35 maps with 48-224 channels, F(4x4, 3x3),
+1.2-1.6x. A v4 17x17-block chain (1x1, 1x7, 7x1 conv-BN-ReLU, forward and backward) went from 109 to 66 ms, and
+the v4 train step at batch 8, 299x299 (huge-page malloc, two separate processes each way) from medians of 4.07 and
+4.12 s to 3.49 and 3.71 s with the one-dimensional transforms. No gain on the stem's large maps with few channels
+(73x73, 64 channels: XLA 109.4 ms, F(3, 7) 107.9 ms; F(4x4, 3x3) is slower there), so `applies` limits the sizes.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Sequence
 from fractions import Fraction
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -39,8 +44,18 @@ _POINTS = (0, 1, -1, 2, -2, Fraction(1, 2), Fraction(-1, 2), 3, -3, Fraction(1, 
 # (12.6 against 14.1 and 14.6 ms for F(3, 3), F(4, 3)) and 11% behind F(4, 3) on the other. 5: no network has 5-tap
 # convs; F(3, 5) is tested, not timed.
 TILE = {3: 2, 5: 3, 7: 3}
-# The narrower of input and output channels from which the Winograd path is taken: 128-channel layers gained,
-# 64-channel ones did not (see the module docstring).
+# Two-dimensional transforms, F(m x m, k x k): output tile per kernel size. F(4x4, 3x3) against F(2x2, 3x3) on
+# 35x35 maps, forward plus both gradients, b8: 12.3 against 17.8 ms (64 -> 96 channels), 16.0 against 34.5 ms
+# (96 -> 96); float32 error 1e-5 of the output's scale.
+TILE_2D = {3: 4}
+# Where F(4x4, 3x3) measured faster than XLA (same timings): 35x35 maps from 48 channels, 1.2-1.6x (64 -> 96: 18.2
+# -> 11.5 ms; 48 -> 64: 10.3 -> 7.4 ms; 192 -> 224: 120 -> 100 ms). Even at 17x17 and with 32 channels; slower at
+# 8x8 (2 tiles: 28 -> 64 ms) and from 71x71 up (73x73, 64 -> 96: 80 -> 130 ms), where the transforms' memory
+# traffic outweighs the 4x fewer multiplies.
+MIN_CHANNELS_2D = 48
+MAP_2D = (24, 48)
+# The narrower of input and output channels from which the one-dimensional path is taken: 128-channel layers
+# gained, 64-channel ones did not (see the module docstring).
 MIN_CHANNELS = 128
 
 
@@ -98,18 +113,20 @@ def applies(
     pads: Sequence[tuple[int, int]],
     dtype: jnp.dtype,
 ) -> bool:
-    """Whether `conv1d` is the faster way to run this NHWC x HWIO convolution (explicit `pads`) on a CPU."""
+    """Whether `conv` is the faster way to run this NHWC x HWIO convolution (explicit `pads`) on a CPU."""
     kh, kw, c_in, c_out = kernel_shape
-    k = max(kh, kw)
-    if not (strides == (1, 1) and min(kh, kw) == 1 and k in TILE):
+    if strides != (1, 1) or jnp.dtype(dtype) != jnp.float32:  # 16-bit types: the transforms round too much
         return False
-    axis = 1 if kh > 1 else 2
-    out = x_shape[axis] + sum(pads[axis - 1]) - k + 1
-    return (
-        jnp.dtype(dtype) == jnp.float32  # the transforms' rounding error grows too large in 16-bit types
-        and min(c_in, c_out) >= MIN_CHANNELS
-        and out >= 2 * TILE[k]  # one tile (a 3x3 map at 75x75 input) measured slower than the direct conv
-    )
+    out = [x_shape[axis] + sum(pads[axis - 1]) - k + 1 for axis, k in ((1, kh), (2, kw))]
+    if min(kh, kw) == 1 and max(kh, kw) in TILE:
+        k = max(kh, kw)
+        return (
+            min(c_in, c_out) >= MIN_CHANNELS
+            and out[0 if kh > 1 else 1] >= 2 * TILE[k]  # one tile (3x3 maps at 75x75 input) measured slower
+        )
+    if kh == kw and kh in TILE_2D:
+        return min(c_in, c_out) >= MIN_CHANNELS_2D and all(MAP_2D[0] <= o <= MAP_2D[1] for o in out)
+    return False
 
 
 def _combine(parts: list[jax.Array], matrix: np.ndarray, axis: int = 0) -> jax.Array:
@@ -130,77 +147,116 @@ def _combine(parts: list[jax.Array], matrix: np.ndarray, axis: int = 0) -> jax.A
     return total
 
 
-def _tiling(length: int, k: int, pads: tuple[int, int], m: int) -> tuple[int, int, tuple[int, int]]:
-    """(output length, tile count, padding that makes every tile's input whole) along the convolved axis."""
-    lo, hi = pads
-    out = length + lo + hi - k + 1
-    tiles = -(-out // m)
-    return out, tiles, (lo, tiles * m + k - 1 - length - lo)
+class _Axis(NamedTuple):
+    """How one spatial axis is tiled: NHWC `axis`, kernel length `k`, output tile `m`, output length, tile count,
+    and the padding that makes every tile's input whole."""
+
+    axis: int
+    k: int
+    m: int
+    out: int
+    tiles: int
+    pads: tuple[int, int]
 
 
-def _input_transform(x: jax.Array, axis: int, k: int, pads: tuple[int, int], m: int) -> jax.Array:
-    """B^T applied to every tile: (n, N, H', W', C) with the tile index in place of `axis`."""
-    _, _, b_t = transforms(m, k)
-    _, tiles, tile_pads = _tiling(x.shape[axis], k, pads, m)
-    widths = [(0, 0, 0)] * 4
-    widths[axis] = (*tile_pads, 0)
-    x = lax.pad(x, jnp.zeros((), x.dtype), widths)  # lax.pad, as a negative width (the input gradient's) crops
-    parts = [lax.slice_in_dim(x, j, j + m * (tiles - 1) + 1, m, axis) for j in range(m + k - 1)]
-    return _combine(parts, b_t)
+def _plan(x_shape: Sequence[int], kernel: Sequence[int], pads: Sequence[tuple[int, int]]) -> list[_Axis]:
+    """The transformed axes (kernel length above 1) of a convolution of `x_shape` by `kernel`, padded by `pads`."""
+    plan = []
+    for axis, (k, (lo, hi)) in enumerate(zip(kernel, pads, strict=True), start=1):
+        if k == 1:
+            continue
+        m = (TILE_2D if min(kernel) > 1 else TILE)[k]
+        out = x_shape[axis] + lo + hi - k + 1
+        tiles = -(-out // m)
+        plan.append(_Axis(axis, k, m, out, tiles, (lo, tiles * m + k - 1 - x_shape[axis] - lo)))
+    return plan
 
 
-def _rows(v: jax.Array) -> jax.Array:
-    return v.reshape(v.shape[0], -1, v.shape[-1])
+def _pad(x: jax.Array, widths: Sequence[tuple[int, int, int]]) -> jax.Array:
+    """lax.pad with zeros: negative widths crop (the input gradient's paddings can be negative)."""
+    return lax.pad(x, jnp.zeros((), x.dtype), widths)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def conv1d(x: jax.Array, w: jax.Array, axis: int, pads: tuple[int, int]) -> jax.Array:
-    """Stride-1 NHWC x HWIO convolution with a (1, k) kernel (`axis` 2) or a (k, 1) kernel (`axis` 1), padded by
-    `pads` along that axis, computed with F(TILE[k], k)."""
-    return _forward(x, w, axis, pads)
+def _input_transform(x: jax.Array, kernel: Sequence[int], pads: Sequence[tuple[int, int]]) -> jax.Array:
+    """B^T applied to every tile along each transformed axis: (n_1, [n_2,] N, H', W', C), with tile indices in
+    place of those axes. The 1-tap axis of a 1xk or kx1 kernel only gets its padding."""
+    plan = _plan(x.shape, kernel, pads)
+    x = _pad(x, [(0, 0, 0), *((0, 0, 0) if k > 1 else (*p, 0) for k, p in zip(kernel, pads, strict=True)), (0, 0, 0)])
+    for lead, a in enumerate(plan):
+        b_t = transforms(a.m, a.k)[2]
+        widths = [(0, 0, 0)] * x.ndim
+        widths[lead + a.axis] = (*a.pads, 0)
+        x = _pad(x, widths)
+        span = a.m * (a.tiles - 1) + 1
+        x = _combine([lax.slice_in_dim(x, j, j + span, a.m, lead + a.axis) for j in range(a.m + a.k - 1)], b_t, lead)
+    return x
 
 
-def _forward(x: jax.Array, w: jax.Array, axis: int, pads: tuple[int, int]) -> jax.Array:
-    k = w.shape[axis - 1]
-    m = TILE[k]
-    a_t, g, _ = transforms(m, k)
-    out, tiles, _ = _tiling(x.shape[axis], k, pads, m)
-    v = _input_transform(x, axis, k, pads, m)
-    u = _combine(list(w.reshape(k, *w.shape[2:])), g)
-    products = lax.dot_general(_rows(v), u, (((2,), (1,)), ((0,), (0,))))
-    products = products.reshape(*v.shape[:-1], u.shape[-1])
-    y = _combine(list(products), a_t, axis=axis + 1)  # each tile's m outputs follow its index
-    shape = list(y.shape)
-    shape[axis : axis + 2] = [tiles * m]
-    return lax.slice_in_dim(y.reshape(shape), 0, out, axis=axis)
+def _kernel_transform(u: jax.Array, plan: Sequence[_Axis], transposed: bool = False) -> jax.Array:
+    """G applied along each leading axis of `u` (taps, one axis per entry of `plan`, then C_in, C_out); with
+    `transposed`, G^T, which takes a weight gradient from the transformed domain back to taps."""
+    for position, a in enumerate(plan):
+        g = transforms(a.m, a.k)[1]
+        parts = [lax.index_in_dim(u, j, position, keepdims=False) for j in range(u.shape[position])]
+        u = _combine(parts, g.T if transposed else g, axis=position)
+    return u
 
 
-def _conv1d_fwd(x, w, axis, pads):  # noqa: ANN001, ANN202
-    return _forward(x, w, axis, pads), (x, w)
+def _rows(v: jax.Array, batch_dims: int) -> jax.Array:
+    return v.reshape(int(np.prod(v.shape[:batch_dims])), -1, v.shape[-1])
 
 
-def _conv1d_bwd(axis, pads, residuals, g):  # noqa: ANN001, ANN202
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def conv(x: jax.Array, w: jax.Array, pads: tuple[tuple[int, int], tuple[int, int]]) -> jax.Array:
+    """Stride-1 NHWC x HWIO convolution padded by `pads` = ((top, bottom), (left, right)), computed with Winograd
+    transforms along each spatial axis whose kernel length is above 1: a 1xk or kx1 kernel as the one-dimensional
+    F(TILE[k], k), a kxk kernel as the two-dimensional F(m x m, k x k) with m = TILE_2D[k]."""
+    return _forward(x, w, pads)
+
+
+def _forward(x: jax.Array, w: jax.Array, pads: tuple[tuple[int, int], tuple[int, int]]) -> jax.Array:
+    plan = _plan(x.shape, w.shape[:2], pads)
+    v = _input_transform(x, w.shape[:2], pads)
+    u = _kernel_transform(w.reshape(*(a.k for a in plan), *w.shape[2:]), plan)
+    batch = len(plan)
+    products = lax.dot_general(_rows(v, batch), _rows(u, batch), (((2,), (1,)), ((0,), (0,))))
+    y = products.reshape(*v.shape[:-1], w.shape[-1])
+    for a in plan:  # A^T: each tile's m outputs follow its tile index; then the ragged end is cut off
+        batch -= 1
+        y = _combine(list(y), transforms(a.m, a.k)[0], axis=batch + a.axis + 1)
+        shape = list(y.shape)
+        shape[batch + a.axis : batch + a.axis + 2] = [a.tiles * a.m]
+        y = lax.slice_in_dim(y.reshape(shape), 0, a.out, axis=batch + a.axis)
+    return y
+
+
+def _conv_fwd(x, w, pads):  # noqa: ANN001, ANN202
+    return _forward(x, w, pads), (x, w)
+
+
+def _conv_bwd(pads, residuals, g):  # noqa: ANN001, ANN202
     x, w = residuals
-    k = w.shape[axis - 1]
-    m = TILE[k]
-    a_t, g_matrix, _ = transforms(m, k)
-    # Input gradient: the full correlation of g with the flipped kernel, channels swapped; the padding that
-    # makes its length the input's is (k - 1 - lo) before and whatever remains after.
-    length, lo = x.shape[axis], pads[0]
-    flipped = jnp.flip(w, axis - 1).transpose(0, 1, 3, 2)
-    dx = conv1d(g, flipped, axis, (k - 1 - lo, length + lo - g.shape[axis]))
-    # Weight gradient in the transformed domain: dU[p] = V[p]^T (A dy)[p], then dW = G^T dU.
-    out, tiles, _ = _tiling(length, k, pads, m)
-    widths = [(0, 0)] * 4
-    widths[axis] = (0, tiles * m - out)
-    g_tiles = jnp.pad(g, widths)
-    shape = list(g_tiles.shape)
-    shape[axis : axis + 1] = [tiles, m]
-    g_tiles = g_tiles.reshape(shape)
-    dm = _combine([lax.index_in_dim(g_tiles, i, axis + 1, keepdims=False) for i in range(m)], a_t.T)
-    du = lax.dot_general(_rows(_input_transform(x, axis, k, pads, m)), _rows(dm), (((1,), (1,)), ((0,), (0,))))
-    dw = _combine(list(du), g_matrix.T).reshape(w.shape)
-    return dx, dw
+    plan = _plan(x.shape, w.shape[:2], pads)
+    # Input gradient: the correlation of g with the flipped kernel, channels swapped, padded by k - 1 - pad on
+    # each side (negative where the forward padding exceeded k - 1, which crops).
+    flipped = jnp.flip(w, (0, 1)).transpose(0, 1, 3, 2)
+    dx = conv(g, flipped, tuple((k - 1 - lo, k - 1 - hi) for k, (lo, hi) in zip(w.shape[:2], pads, strict=True)))
+    # Weight gradient in the transformed domain: dU[p] = V[p]^T (A dy)[p] for each transform index p, then
+    # dW = G^T dU (G^T dU G in two dimensions).
+    dm = g
+    for lead, a in enumerate(plan):
+        widths = [(0, 0, 0)] * dm.ndim
+        widths[lead + a.axis] = (0, a.tiles * a.m - a.out, 0)
+        dm = _pad(dm, widths)
+        shape = list(dm.shape)
+        shape[lead + a.axis : lead + a.axis + 1] = [a.tiles, a.m]
+        dm = dm.reshape(shape)
+        parts = [lax.index_in_dim(dm, i, lead + a.axis + 1, keepdims=False) for i in range(a.m)]
+        dm = _combine(parts, transforms(a.m, a.k)[0].T, axis=lead)
+    v = _input_transform(x, w.shape[:2], pads)
+    du = lax.dot_general(_rows(v, len(plan)), _rows(dm, len(plan)), (((1,), (1,)), ((0,), (0,))))
+    dw = _kernel_transform(du.reshape(*v.shape[: len(plan)], *du.shape[1:]), plan, transposed=True)
+    return dx, dw.reshape(w.shape)
 
 
-conv1d.defvjp(_conv1d_fwd, _conv1d_bwd)
+conv.defvjp(_conv_fwd, _conv_bwd)
