@@ -61,7 +61,7 @@ def count_params(params: Any) -> int:
 
 def direct_flops(jitted: Any, *args: Any) -> float:
     """FLOPs of one call of a jitted function by XLA's cost analysis of the program as lowered for a GPU, i.e. with
-    direct convolutions. (The CPU program's Winograd convolutions do fewer multiplies, 59.0 instead of 70.7 GFLOP per
+    direct convolutions. (The CPU program's Winograd convolutions do fewer multiplies, 53.4 instead of 70.7 GFLOP per
     image for a v4 train step, and would make FLOP counts incomparable with other implementations.)"""
     cost = jitted.trace(*args).lower(lowering_platforms=("cuda",)).cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost

@@ -19,8 +19,10 @@ Where it pays (2-core AVX-512 CPU, batch 8, forward plus both gradients, each pa
 14.8 ms); 8x8 maps with 384-448 channels, F(2, 3), 1.1-1.7x; 35x35 maps with 48-224 channels, F(4x4, 3x3),
 1.2-1.6x. A v4 17x17-block chain (1x1, 1x7, 7x1 conv-BN-ReLU, forward and backward) went from 109 to 66 ms, and
 the v4 train step at batch 8, 299x299 (huge-page malloc, two separate processes each way) from medians of 4.07 and
-4.12 s to 3.49 and 3.71 s with the one-dimensional transforms. No gain on the stem's large maps with few channels
-(73x73, 64 channels: XLA 109.4 ms, F(3, 7) 107.9 ms; F(4x4, 3x3) is slower there), so `applies` limits the sizes.
+4.12 s to 3.49 and 3.71 s with the one-dimensional transforms, and from 3.51 and 3.65 s to 3.39 and 3.46 s with
+the two-dimensional ones on top (IR-v2, whose 35x35 3x3s mostly have 32 channels: no gain). No gain on the
+stem's large maps with few channels (73x73, 64 channels: XLA 109.4 ms, F(3, 7) 107.9 ms; F(4x4, 3x3) is slower
+there), so `applies` limits the sizes.
 """
 
 from __future__ import annotations
@@ -192,11 +194,15 @@ def _input_transform(x: jax.Array, kernel: Sequence[int], pads: Sequence[tuple[i
     return x
 
 
-def _kernel_transform(u: jax.Array, plan: Sequence[_Axis], transposed: bool = False) -> jax.Array:
+def _kernel_transform(
+    u: jax.Array, plan: Sequence[_Axis], transposed: bool = False, flipped: bool = False
+) -> jax.Array:
     """G applied along each leading axis of `u` (taps, one axis per entry of `plan`, then C_in, C_out); with
-    `transposed`, G^T, which takes a weight gradient from the transformed domain back to taps."""
+    `flipped`, G of the kernel reversed along its taps (G with its columns reversed, so no reversed copy is made);
+    with `transposed`, G^T, which takes a weight gradient from the transformed domain back to taps."""
     for position, a in enumerate(plan):
         g = transforms(a.m, a.k)[1]
+        g = g[:, ::-1] if flipped else g
         parts = [lax.index_in_dim(u, j, position, keepdims=False) for j in range(u.shape[position])]
         u = _combine(parts, g.T if transposed else g, axis=position)
     return u
@@ -214,13 +220,18 @@ def conv(x: jax.Array, w: jax.Array, pads: tuple[tuple[int, int], tuple[int, int
     return _forward(x, w, pads)
 
 
-def _forward(x: jax.Array, w: jax.Array, pads: tuple[tuple[int, int], tuple[int, int]]) -> jax.Array:
+def _forward(
+    x: jax.Array, w: jax.Array, pads: tuple[tuple[int, int], tuple[int, int]], flipped: bool = False
+) -> jax.Array:
+    """The convolution of `x` by `w`; with `flipped`, by `w` reversed along its taps with its channel axes swapped
+    (the input gradient), read from `w` as it is: a transposed copy of the kernel, fused into its transform, took
+    10-18 ms per layer (a v4 train step spent 350 ms in them)."""
     plan = _plan(x.shape, w.shape[:2], pads)
     v = _input_transform(x, w.shape[:2], pads)
-    u = _kernel_transform(w.reshape(*(a.k for a in plan), *w.shape[2:]), plan)
+    u = _kernel_transform(w.reshape(*(a.k for a in plan), *w.shape[2:]), plan, flipped=flipped)
     batch = len(plan)
-    products = lax.dot_general(_rows(v, batch), _rows(u, batch), (((2,), (1,)), ((0,), (0,))))
-    y = products.reshape(*v.shape[:-1], w.shape[-1])
+    products = lax.dot_general(_rows(v, batch), _rows(u, batch), (((2,), (2 if flipped else 1,)), ((0,), (0,))))
+    y = products.reshape(*v.shape[:-1], w.shape[-2 if flipped else -1])
     for a in plan:  # A^T: each tile's m outputs follow its tile index; then the ragged end is cut off
         batch -= 1
         y = _combine(list(y), transforms(a.m, a.k)[0], axis=batch + a.axis + 1)
@@ -239,8 +250,8 @@ def _conv_bwd(pads, residuals, g):  # noqa: ANN001, ANN202
     plan = _plan(x.shape, w.shape[:2], pads)
     # Input gradient: the correlation of g with the flipped kernel, channels swapped, padded by k - 1 - pad on
     # each side (negative where the forward padding exceeded k - 1, which crops).
-    flipped = jnp.flip(w, (0, 1)).transpose(0, 1, 3, 2)
-    dx = conv(g, flipped, tuple((k - 1 - lo, k - 1 - hi) for k, (lo, hi) in zip(w.shape[:2], pads, strict=True)))
+    dx = _forward(g, w, tuple((k - 1 - lo, k - 1 - hi) for k, (lo, hi) in zip(w.shape[:2], pads, strict=True)),
+                  flipped=True)  # fmt: skip
     # Weight gradient in the transformed domain: dU[p] = V[p]^T (A dy)[p] for each transform index p, then
     # dW = G^T dU (G^T dU G in two dimensions).
     dm = g
