@@ -1,4 +1,7 @@
-"""The reformulated convolution and pools equal the lax/flax operations they replace, values and gradients."""
+"""The reformulated convolution and pools equal the lax/flax operations they replace, values and gradients; the
+fusion barrier is an exact identity that stops XLA recomputing a residual stack."""
+
+import re
 
 import flax.linen as nn
 import jax
@@ -7,7 +10,7 @@ import numpy as np
 import pytest
 from jax import lax
 
-from inception_jax.models import convolution, pooling, winograd
+from inception_jax.models import convolution, fusion_barrier, pooling, winograd
 
 NHWC = ("NHWC", "HWIO", "NHWC")
 
@@ -187,3 +190,47 @@ def test_inception_a_block_is_unchanged_by_winograd(monkeypatch):
     for tree, ref in ((grads, grads_ref), (stats, stats_ref)):
         for leaf, leaf_ref in zip(jax.tree.leaves(tree), jax.tree.leaves(ref), strict=True):
             assert relative_error(leaf, leaf_ref) < 5e-5
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16, jnp.float16])
+def test_fusion_barrier_is_an_exact_identity(dtype):
+    specials = [0.0, -0.0, 1.5, -2.25, np.inf, -np.inf, np.nan, 1e-40, 6e-8, -6e4]
+    x = jnp.concatenate([jnp.asarray(specials, dtype), random((4, 7), 8).astype(dtype).ravel()])
+    y = jax.jit(fusion_barrier.fusion_barrier)(x)
+    assert y.dtype == x.dtype
+    # Bit for bit, so -0.0, NaN payloads and subnormals survive too.
+    bits = jnp.uint16 if x.itemsize == 2 else jnp.uint32
+    np.testing.assert_array_equal(lax.bitcast_convert_type(y, bits), lax.bitcast_convert_type(x, bits))
+    c = random((40,), 9)
+    grad = jax.jit(jax.grad(lambda v: jnp.sum(fusion_barrier.fusion_barrier(v) * c)))(random((40,), 10))
+    np.testing.assert_array_equal(grad, c)
+
+
+def residual_stack_loss(params, x, barrier: bool):
+    for p in params:
+        x = jax.nn.relu(x + 0.1 * (jax.nn.relu(x @ p["down"]) @ p["up"] + p["bias"]))
+        x = fusion_barrier.fusion_barrier(x) if barrier else x
+    return jnp.sum(x * x)
+
+
+def test_fusion_barrier_stops_recomputation_down_a_residual_stack():
+    """XLA's CPU backend fuses each block's add + ReLU into the next block's, so a fusion deep in the stack recomputes
+    every earlier block's output (it reads their biases); with the barrier each fusion reads at most two blocks'."""
+    params = [{"down": random((64, 32), i) * 0.1, "up": random((32, 64), 20 + i) * 0.1, "bias": random((64,), 40 + i)}
+              for i in range(8)]  # fmt: skip
+    x = random((512, 64), 11)
+
+    def widest_fusion(barrier: bool) -> int:
+        step = jax.jit(jax.value_and_grad(residual_stack_loss), static_argnums=2)
+        hlo = step.lower(params, x, barrier).compile().as_text()
+        fusions = re.findall(r"= \S+ fusion\((.*)", hlo)
+        return max(len(set(re.findall(r"params_(\d+)___bias", operands))) for operands in fusions)
+
+    if widest_fusion(barrier=False) < 3:
+        pytest.skip("this XLA no longer fuses across residual blocks; the barrier may be unneeded")
+    assert widest_fusion(barrier=True) <= 2
+    loss, grads = jax.jit(jax.value_and_grad(residual_stack_loss), static_argnums=2)(params, x, True)
+    loss_ref, grads_ref = jax.jit(jax.value_and_grad(residual_stack_loss), static_argnums=2)(params, x, False)
+    assert relative_error(loss, loss_ref) < 1e-6
+    for leaf, leaf_ref in zip(jax.tree.leaves(grads), jax.tree.leaves(grads_ref), strict=True):
+        assert relative_error(leaf, leaf_ref) < 1e-5

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 
 from inception_jax.models import pooling
 from inception_jax.models.convolution import conv_general_dilated
+from inception_jax.models.fusion_barrier import fusion_barrier
 
 # TF-slim's inception_arg_scope: variance_scaling_initializer() = truncated normal, fan-in, factor 2.
 kernel_init = nn.initializers.variance_scaling(2.0, "fan_in", "truncated_normal")
@@ -134,7 +135,8 @@ class InceptionResNetBlock(nn.Module):
             conv_general_dilated=conv_general_dilated,
         )(mixed)
         x = x + self.scale * residual
-        return nn.relu(x) if self.activate else x
+        # Without the barrier XLA's CPU backend recomputes every earlier block's output inside each later consumer.
+        return fusion_barrier(nn.relu(x) if self.activate else x)
 
 
 class AuxHead(nn.Module):
