@@ -1,7 +1,8 @@
 """inception_jax: Inception-v3, Inception-v4, Inception-ResNet-v1 and -v2 in JAX/Flax.
 
 Importing the package sets XLA's CPU defaults that measured fastest for these networks (see README, Performance),
-unless the user already chose them: it must happen before jax is imported, which is why it lives here. For the same
+unless the user already chose them: it must happen before jax creates its backends (importing jax first is fine,
+running a computation first is too late and warns), which is why it lives here. For the same
 reason the command-line programs (`python -m inception_jax.main`, `python -m inception_jax.bench`) restart
 themselves once with transparent huge pages for malloc, which only takes effect at process start.
 """
@@ -17,13 +18,40 @@ _CPU_FLAGS = {
 }
 
 
+def _backend_started() -> bool:
+    """Whether jax has already created its backends, which read XLA_FLAGS once: importing jax alone does not."""
+    if "jax" not in sys.modules:
+        return False
+    try:
+        from jax._src import xla_bridge
+
+        return bool(xla_bridge._backends)
+    except (ImportError, AttributeError):  # a jax without this private registry: assume the worst
+        return True
+
+
 def _set_default_xla_flags() -> None:
-    if "jax" in sys.modules or os.environ.get("INCEPTION_JAX_KEEP_XLA_FLAGS"):
+    if os.environ.get("INCEPTION_JAX_KEEP_XLA_FLAGS"):
         return
     flags = os.environ.get("XLA_FLAGS", "")
     extra = [f"{k}={v}" for k, v in _CPU_FLAGS.items() if k not in flags]
-    if extra:
+    if not extra:
+        return
+    if not _backend_started():
         os.environ["XLA_FLAGS"] = " ".join([flags, *extra]).strip()
+        return
+    import jax
+
+    if jax.default_backend() == "cpu":
+        # Without the flag XLA hands convolutions to YNNPACK, whose weight gradients are 5x slower here.
+        import warnings
+
+        warnings.warn(
+            f"inception_jax was imported after jax had started its CPU backend, too late to set XLA_FLAGS {extra}: "
+            "convolution gradients may run several times slower. Import inception_jax before the first jax "
+            "computation, or set XLA_FLAGS yourself (INCEPTION_JAX_KEEP_XLA_FLAGS=1 silences this).",
+            stacklevel=2,
+        )
 
 
 # XLA's CPU runtime allocates each step's activations afresh (several GiB at batch 8, 299x299) and glibc returns

@@ -108,3 +108,43 @@ def test_timm_runs_without_our_malloc_settings(monkeypatch):
     assert inception_jax.HUGE_PAGE_TUNABLE in seen["ours"]["GLIBC_TUNABLES"]
     assert seen["timm"]["GLIBC_TUNABLES"] == "glibc.malloc.arena_max=2"
     assert seen["timm"]["INCEPTION_JAX_KEEP_MALLOC"] == "1"
+
+
+_CONV_GRADIENT_PROGRAM = """
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+{imports}
+x, w = jnp.ones((2, 9, 9, 32)), jnp.ones((3, 3, 32, 64))  # small channel counts never go to YNNPACK
+loss = lambda w: jnp.sum(lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")))
+hlo = jax.jit(jax.grad(loss)).lower(w).compile().as_text()
+print("YNN", hlo.count("__ynn_fusion"))
+"""
+
+
+def _run_conv_gradient(imports: str, **env_overrides: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "INCEPTION_JAX_KEEP_XLA_FLAGS")}
+    env.update(env_overrides)
+    program = _CONV_GRADIENT_PROGRAM.format(imports=imports)
+    out = subprocess.run([sys.executable, "-c", program], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return out
+
+
+def test_xla_cpu_flags_apply_when_jax_was_imported_first():
+    """A script that imports jax before inception_jax still gets our CPU flags (XLA reads them when the backend
+    starts, not at import): its convolutions stay out of YNNPACK, whose weight gradients measured 5x slower."""
+    ours = _run_conv_gradient("import inception_jax")
+    assert "YNN 0" in ours.stdout, ours.stdout
+    assert "too late" not in ours.stderr
+    untouched = _run_conv_gradient("import inception_jax", INCEPTION_JAX_KEEP_XLA_FLAGS="1")
+    if "YNN 0" in untouched.stdout:
+        pytest.skip("this XLA no longer sends convolutions to YNNPACK by default; nothing to tell apart")
+
+
+def test_importing_after_the_backend_started_warns():
+    out = _run_conv_gradient("jax.devices()\nimport inception_jax")
+    assert "too late to set XLA_FLAGS" in out.stderr and "xla_cpu_experimental_ynn_fusion_type" in out.stderr
+    quiet = _run_conv_gradient("jax.devices()\nimport inception_jax", INCEPTION_JAX_KEEP_XLA_FLAGS="1")
+    assert "too late" not in quiet.stderr
