@@ -43,7 +43,8 @@ def _set_default_xla_flags() -> None:
     import jax
 
     if jax.default_backend() == "cpu":
-        # Without the flag XLA hands convolutions to YNNPACK, whose weight gradients are 5x slower here.
+        # Without the flag XLA hands convolutions to YNNPACK: a 147x147 32 -> 64 conv's forward + weight gradient
+        # took 686 instead of 139 ms (b8, 2-core CPU).
         import warnings
 
         warnings.warn(

@@ -116,7 +116,7 @@ import jax.numpy as jnp
 from jax import lax
 
 {imports}
-x, w = jnp.ones((2, 9, 9, 32)), jnp.ones((3, 3, 32, 64))  # small channel counts never go to YNNPACK
+x, w = jnp.ones((2, 9, 9, 32)), jnp.ones((3, 3, 32, 64))  # 4 -> 8 channels stayed out of YNNPACK anyway
 loss = lambda w: jnp.sum(lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")))
 hlo = jax.jit(jax.grad(loss)).lower(w).compile().as_text()
 print("YNN", hlo.count("__ynn_fusion"))
@@ -134,7 +134,8 @@ def _run_conv_gradient(imports: str, **env_overrides: str) -> subprocess.Complet
 
 def test_xla_cpu_flags_apply_when_jax_was_imported_first():
     """A script that imports jax before inception_jax still gets our CPU flags (XLA reads them when the backend
-    starts, not at import): its convolutions stay out of YNNPACK, whose weight gradients measured 5x slower."""
+    starts, not at import): its convolutions stay out of YNNPACK (forward + weight
+    gradient of a 147x147 32 -> 64 conv, b8: 686 ms there, 139 ms in XLA's own)."""
     ours = _run_conv_gradient("import inception_jax")
     assert "YNN 0" in ours.stdout, ours.stdout
     assert "too late" not in ours.stderr
