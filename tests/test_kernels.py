@@ -1,5 +1,6 @@
 """The reformulated convolution and pools equal the lax/flax operations they replace, values and gradients; the
-fusion barrier is an exact identity that stops XLA recomputing a residual stack."""
+fusion barrier is an exact identity that stops XLA recomputing a residual stack; the fused BatchNorm + ReLU equals
+flax's, statistics and gradients included."""
 
 import re
 
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 from jax import lax
 
-from inception_jax.models import convolution, fusion_barrier, pooling, winograd
+from inception_jax.models import batchnorm, convolution, fusion_barrier, pooling, winograd
 
 NHWC = ("NHWC", "HWIO", "NHWC")
 
@@ -234,3 +235,78 @@ def test_fusion_barrier_stops_recomputation_down_a_residual_stack():
     assert relative_error(loss, loss_ref) < 1e-6
     for leaf, leaf_ref in zip(jax.tree.leaves(grads), jax.tree.leaves(grads_ref), strict=True):
         assert relative_error(leaf, leaf_ref) < 1e-5
+
+
+def _flax_and_fused_batchnorm(activate: bool, use_scale: bool, axis_name: str | None = None):
+    kwargs = dict(momentum=0.9, epsilon=1e-3, use_scale=use_scale, axis_name=axis_name, name="bn")
+
+    class Flax(nn.Module):
+        @nn.compact
+        def __call__(self, x, train):
+            y = nn.BatchNorm(use_running_average=not train, **kwargs)(x)
+            return nn.relu(y) if activate else y
+
+    class Fused(nn.Module):
+        @nn.compact
+        def __call__(self, x, train):
+            return batchnorm.BatchNorm(use_running_average=not train, activate=activate, **kwargs)(x)
+
+    return Flax(), Fused()
+
+
+def _bn_loss(model, variables, params, x, r):
+    """A loss that reads the output and both moving statistics, so that every cotangent path is exercised."""
+    y, updates = model.apply({"params": params, "batch_stats": variables["batch_stats"]}, x, True,
+                             mutable=["batch_stats"])  # fmt: skip
+    stats = updates["batch_stats"]["bn"]
+    return jnp.sum(y * r) + 3.0 * jnp.sum(stats["var"]) - jnp.sum(stats["mean"]), updates
+
+
+@pytest.mark.parametrize("activate", [True, False])
+@pytest.mark.parametrize("use_scale", [True, False])
+def test_fused_batchnorm_matches_flax(activate, use_scale):
+    reference, fused = _flax_and_fused_batchnorm(activate, use_scale)
+    x = 0.5 + 2.0 * random((4, 5, 6, 7), 0)
+    r = random(x.shape, 1)
+    variables = reference.init(jax.random.key(0), x, True)
+    assert jax.tree.structure(fused.init(jax.random.key(0), x, True)) == jax.tree.structure(variables)
+    # Non-trivial parameters, so that the ReLU cuts a different set of units in every channel.
+    params = jax.tree.map(lambda p: p + 0.3 * random(p.shape, 2), variables["params"])
+    outputs = []
+    for model in (reference, fused):
+        (loss, updates), grads = jax.value_and_grad(
+            lambda p, x, m=model: _bn_loss(m, variables, p, x, r), argnums=(0, 1), has_aux=True
+        )(params, x)
+        evaluated = model.apply({"params": params, "batch_stats": updates["batch_stats"]}, x, False)
+        outputs.append((loss, updates, grads, evaluated))
+    for a, b in zip(jax.tree.leaves(outputs[0]), jax.tree.leaves(outputs[1]), strict=True):
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5)
+    assert float(jnp.max(jnp.abs(outputs[1][2][1]))) > 0.1  # the input gradient is not trivially zero
+
+
+def test_fused_batchnorm_matches_flax_across_devices():
+    """With `axis_name`, statistics and the input gradient span the devices, parameter gradients stay local."""
+    reference, fused = _flax_and_fused_batchnorm(True, True, axis_name="devices")
+    x = random((3, 2, 4, 4, 5), 3)  # 3 devices of 2 images
+    r = random(x.shape[1:], 4)
+    variables = reference.init(jax.random.key(0), x[0], True)
+    params = jax.tree.map(lambda p: p + 0.3 * random(p.shape, 5), variables["params"])
+    results = [
+        jax.vmap(
+            jax.value_and_grad(lambda p, x, m=model: _bn_loss(m, variables, p, x, r), argnums=(0, 1), has_aux=True),
+            in_axes=(None, 0), axis_name="devices",
+        )(params, x)
+        for model in (reference, fused)
+    ]  # fmt: skip
+    for a, b in zip(jax.tree.leaves(results[0]), jax.tree.leaves(results[1]), strict=True):
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5)
+
+
+def test_fused_batchnorm_keeps_bfloat16():
+    _, fused = _flax_and_fused_batchnorm(True, False)
+    x = random((2, 3, 3, 4), 6).astype(jnp.bfloat16)
+    variables = fused.init(jax.random.key(0), x, True)
+    y, updates = fused.apply(variables, x, True, mutable=["batch_stats"])
+    assert y.dtype == jnp.bfloat16 and updates["batch_stats"]["bn"]["mean"].dtype == jnp.float32
+    grad = jax.grad(lambda x: jnp.sum(fused.apply(variables, x, True, mutable=["batch_stats"])[0]))(x)
+    assert grad.dtype == jnp.bfloat16

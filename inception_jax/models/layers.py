@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 
 from inception_jax.models import pooling
+from inception_jax.models.batchnorm import BatchNorm
 from inception_jax.models.convolution import conv_general_dilated
 from inception_jax.models.fusion_barrier import fusion_barrier
 
@@ -68,17 +69,18 @@ class ConvBN(nn.Module):
             conv_general_dilated=conv_general_dilated,
             name="conv",
         )(x)
-        if not cfg.bn_folded:
-            x = nn.BatchNorm(
-                use_running_average=not train,
-                momentum=cfg.bn_momentum,
-                epsilon=cfg.bn_epsilon,
-                use_scale=cfg.bn_scale,
-                axis_name=cfg.bn_axis_name,
-                dtype=cfg.dtype,
-                name="bn",
-            )(x)
-        return nn.relu(x) if self.activate else x
+        if cfg.bn_folded:
+            return nn.relu(x) if self.activate else x
+        return BatchNorm(
+            use_running_average=not train,
+            momentum=cfg.bn_momentum,
+            epsilon=cfg.bn_epsilon,
+            use_scale=cfg.bn_scale,
+            axis_name=cfg.bn_axis_name,
+            activate=self.activate,
+            dtype=cfg.dtype,
+            name="bn",
+        )(x)
 
 
 def conv_sequence(x: jax.Array, train: bool, cfg: LayerConfig, prefix: str, layers: Sequence[tuple]) -> jax.Array:
