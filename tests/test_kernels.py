@@ -135,6 +135,22 @@ def test_conv_takes_the_fast_paths():
     assert "lhs_dilation=(1, 1)" in strided and "lhs_dilation=(2, 2)" not in strided
 
 
+def test_pointwise_conv_weight_gradient_reads_operands_in_place():
+    """Differentiated as a 4-D dot, a 1x1 conv's weight gradient made XLA's CPU backend copy the output gradient
+    (and the input) into transposed (channels, pixels) buffers; as a 2-D dot it reads them as they are."""
+    x, g = random((2, 9, 9, 16), 6), random((2, 9, 9, 16), 7)
+    w1, w2 = random((1, 1, 16, 8), 8) * 0.3, random((1, 1, 8, 16), 9) * 0.3
+    conv = lambda x, w: convolution.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=NHWC)
+    loss = lambda x, w1, w2: jnp.sum(jax.nn.relu(x + 0.2 * conv(jax.nn.relu(conv(x, w1)), w2)) * g)
+    hlo = jax.jit(jax.grad(loss, argnums=(0, 1, 2))).lower(x, w1, w2).compile().as_text()
+    assert not re.search(r"f32\[(8|16),162\]", hlo), "a transposed copy of an activation or its gradient"
+    ref = lambda x, w1, w2: jnp.sum(jax.nn.relu(x + 0.2 * lax.conv_general_dilated(
+        jax.nn.relu(lax.conv_general_dilated(x, w1, (1, 1), "SAME", dimension_numbers=NHWC)), w2, (1, 1), "SAME",
+        dimension_numbers=NHWC)) * g)  # fmt: skip
+    for ours, theirs in zip(jax.grad(loss, (0, 1, 2))(x, w1, w2), jax.grad(ref, (0, 1, 2))(x, w1, w2), strict=True):
+        assert relative_error(ours, theirs) < 1e-5
+
+
 @pytest.mark.parametrize("shape", [(2, 9, 9, 3), (2, 10, 11, 4), (1, 3, 3, 2), (2, 35, 35, 3)])
 def test_max_pool_matches_flax_with_ties(shape):
     x = random(shape, 2)
@@ -145,6 +161,21 @@ def test_max_pool_matches_flax_with_ties(shape):
     np.testing.assert_array_equal(pooling.max_pool_valid(x, 3, 2), nn.max_pool(x, (3, 3), (2, 2), "VALID"))
     # Each window's gradient goes to exactly one input: its first maximum, as in TensorFlow and flax.
     np.testing.assert_allclose(jax.grad(ours)(x), jax.grad(ref)(x), atol=1e-6)
+
+
+def test_max_pool_gradient_finds_each_maximum_once():
+    """The gradient routes through one materialised argmax per window: fused into the input-sized gradient, each
+    input element re-derived the maxima of all the windows it belongs to (5.6x slower at 147x147x64)."""
+    x, c = random((2, 35, 35, 8), 4), random((2, 17, 17, 8), 5)
+    loss = lambda x: jnp.sum(pooling.max_pool_valid(jax.nn.relu(1.5 * x + 0.1), 3, 2) * c)
+    hlo = jax.jit(jax.grad(loss)).lower(x).compile().as_text()
+    computations = dict(re.findall(r"\n(%?[\w.-]+) [^\n]*\{\n(.*?)\n\}", hlo, re.S))
+    input_sized = [computations[name] for name in re.findall(r"= f32\[2,35,35,8\]\S* fusion\(.*calls=(%?[\w.-]+)", hlo)]
+    assert input_sized, "expected the gradient to be computed by a fusion"
+    for body in input_sized:
+        assert not re.search(r"f32\[2,17,17,8\]\S* maximum\(", body)
+    np.testing.assert_allclose(jax.grad(loss)(x), jax.grad(lambda x: jnp.sum(
+        nn.max_pool(jax.nn.relu(1.5 * x + 0.1), (3, 3), strides=(2, 2), padding="VALID") * c))(x), atol=1e-6)
 
 
 @pytest.mark.parametrize("include_padding", [False, True])
