@@ -190,6 +190,23 @@ def test_avg_pool_matches_flax(shape, include_padding):
     np.testing.assert_allclose(grad, jax.grad(lambda x: jnp.sum(ref(x) * c))(x), rtol=1e-5, atol=1e-6)
 
 
+def test_winograd_output_transform_runs_once():
+    """The products of a Winograd conv are turned into its output by one fusion; left to itself XLA's CPU backend
+    recomputed that output transform in each consumer (here also in the transposed copy a following strided conv's
+    weight gradient reads, and in the ReLU's gradient)."""
+    x, w1, w2 = random((2, 35, 35, 48), 10), random((3, 3, 48, 48), 11) * 0.1, random((3, 3, 48, 64), 12) * 0.1
+    assert winograd.applies(x.shape, w1.shape, (1, 1), ((1, 1), (1, 1)), x.dtype)
+    conv = lambda x, w, s, p: convolution.conv_general_dilated(x, w, s, p, dimension_numbers=NHWC)
+    hidden = lambda x, w1: jax.nn.relu(conv(x, w1, (1, 1), "SAME") * 1.2 + 0.1)
+    loss = lambda x, w1, w2: jnp.sum(conv(hidden(x, w1), w2, (2, 2), "VALID") ** 2)
+    hlo = jax.jit(jax.grad(loss, argnums=(1, 2))).lower(x, w1, w2).compile().as_text()
+    entry = hlo[hlo.index("ENTRY") :]
+    # The forward products: 6x6 transform points x (2 images x 9 x 9 tiles) x 48 channels.
+    (products,) = re.findall(r"%([\w.-]+) = f32\[36,162,48\]\S* dot\(", entry)
+    readers = [line for line in entry.splitlines() if re.search(rf"%{re.escape(products)}[,)]", line)]
+    assert len([line for line in readers if " fusion(" in line]) == 1, readers
+
+
 def test_inception_a_block_is_unchanged_by_winograd(monkeypatch):
     """A whole v4 Inception-A block (Fig. 4) at its 35x35 size, where its 3x3 convs take F(4x4, 3x3): outputs, BN
     statistics and parameter gradients equal the direct convolutions'."""

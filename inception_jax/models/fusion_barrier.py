@@ -1,4 +1,5 @@
-"""An identity that XLA's CPU backend will not fuse through, for the residual stream of Inception-ResNet.
+"""An identity that XLA's CPU backend will not fuse through: for the residual stream of Inception-ResNet, and
+(`materialise`) for values inside custom gradients that are costly to recompute (Winograd outputs, max-pool argmax).
 
 Each residual block's output, ReLU(x + scale * up), is cheap elementwise work, and XLA's CPU fusion duplicates
 cheap producers into every consumer. Down a stack of residual blocks that compounds: a consumer of block k's output
@@ -27,22 +28,24 @@ def _divide_by_opaque_one(x: jax.Array) -> jax.Array:
     return x / (sign | unsigned.type(1)).astype(x.dtype)
 
 
-def _barrier(x: jax.Array) -> jax.Array:
+def materialise(x: jax.Array) -> jax.Array:
+    """The barrier without a gradient rule of its own, for the insides of custom-VJP rules: `x`, computed once
+    into a buffer on the CPU."""
     return lax.platform_dependent(x, cpu=_divide_by_opaque_one, default=lambda v: v)
 
 
 @jax.custom_vjp
 def fusion_barrier(x: jax.Array) -> jax.Array:
     """`x`, materialised: XLA's CPU backend computes it once instead of re-deriving it inside each consumer."""
-    return _barrier(x)
+    return materialise(x)
 
 
 def _fusion_barrier_fwd(x: jax.Array) -> tuple[jax.Array, None]:
-    return _barrier(x), None
+    return materialise(x), None
 
 
 def _fusion_barrier_bwd(_: None, cotangent: jax.Array) -> tuple[jax.Array]:
-    return (_barrier(cotangent),)
+    return (materialise(cotangent),)
 
 
 fusion_barrier.defvjp(_fusion_barrier_fwd, _fusion_barrier_bwd)

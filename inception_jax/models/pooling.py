@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from inception_jax.models.fusion_barrier import fusion_barrier
+from inception_jax.models.fusion_barrier import materialise
 
 
 def _views(x: jax.Array, window: int, stride: int, out_h: int, out_w: int) -> list[jax.Array]:
@@ -53,7 +53,7 @@ def _max_pool_bwd(window: int, stride: int, residuals: tuple[jax.Array, jax.Arra
         first = jnp.where(views[k] == y, k, first)
     # Materialised once: fused into the assembly below, each input element re-derived the maximum and its index
     # for every window it belongs to (190 ms for the 147x147x64 pool of a v4/IR-v2 train step at batch 8).
-    first = fusion_barrier(first.astype(g.dtype))
+    first = materialise(first.astype(g.dtype))
     zero = jnp.zeros((), g.dtype)
     # Input row stride*q + r receives from window rows r, r + stride, ... of outputs q, q - 1, ...: assemble each of
     # the stride x stride phases of dx from shifted copies of the routed gradients, then interleave the phases.
