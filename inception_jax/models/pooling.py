@@ -52,7 +52,7 @@ def _max_pool_bwd(window: int, stride: int, residuals: tuple[jax.Array, jax.Arra
     for k in reversed(range(window * window)):
         first = jnp.where(views[k] == y, k, first)
     # Materialised once: fused into the assembly below, each input element re-derived the maximum and its index
-    # for every window it belongs to (190 ms for the 147x147x64 pool of a v4/IR-v2 train step at batch 8).
+    # for every window it belongs to (190 ms for the 147x147x64 pool of an IR-v2 train step at batch 8).
     first = materialise(first.astype(g.dtype))
     zero = jnp.zeros((), g.dtype)
     # Input row stride*q + r receives from window rows r, r + stride, ... of outputs q, q - 1, ...: assemble each of
