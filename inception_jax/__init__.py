@@ -4,7 +4,8 @@ Importing the package sets XLA's CPU defaults that measured fastest for these ne
 unless the user already chose them: it must happen before jax creates its backends (importing jax first is fine,
 running a computation first is too late and warns), which is why it lives here. For the same
 reason the command-line programs (`python -m inception_jax.main`, `python -m inception_jax.bench`) restart
-themselves once with transparent huge pages for malloc, which only takes effect at process start.
+themselves once with glibc malloc settings (huge pages, one heap that keeps its memory), which only take effect at
+process start.
 """
 
 import os
@@ -55,15 +56,35 @@ def _set_default_xla_flags() -> None:
         )
 
 
-# XLA's CPU runtime allocates each step's activations afresh (several GiB at batch 8, 299x299) and glibc returns
-# such blocks to the kernel when freed, so every step page-faults them all in again, 4 KiB at a time: 570k faults
-# and 1.1 s of kernel time per Inception-v4 train step at batch 8 on 2 cores. With huge pages: about 2k faults.
-HUGE_PAGE_TUNABLE = "glibc.malloc.hugetlb=1"
+# XLA's CPU runtime allocates each step's buffers afresh (several GiB at batch 8, 299x299: one 2.3 GB block of
+# temporaries for an Inception-ResNet-v2 train step) and glibc maps blocks that large freshly and unmaps them when
+# freed, so every step page-faulted its memory in again: 570k faults and 1.1 s of kernel time per Inception-v4 train
+# step at batch 8 on 2 cores, 1.7-1.9k faults (of 2 MiB pages, 0.4-0.7 s) with huge pages alone. Kept in one heap
+# (threads other than the main one would map large blocks from arenas of their own whatever mmap_max says) and never
+# trimmed, the memory is faulted in once: no faults and ~10 ms of kernel time per step after the first. The price is
+# a heap that does not shrink after a peak, which a training process reuses every step anyway.
+MALLOC_TUNABLES = (
+    "glibc.malloc.hugetlb=1",  # transparent huge pages for malloc's memory
+    "glibc.malloc.arena_max=1",
+    "glibc.malloc.mmap_max=0",  # large blocks from the heap rather than fresh mappings
+    f"glibc.malloc.trim_threshold={1 << 40}",  # never hand the heap's top back
+)
 _CLI_MODULES = ("inception_jax.main", "inception_jax.bench")
 
 
-def _restart_with_huge_page_malloc() -> None:
-    if os.environ.get("INCEPTION_JAX_KEEP_MALLOC") or "glibc.malloc.hugetlb" in os.environ.get("GLIBC_TUNABLES", ""):
+def malloc_tunables(current: str) -> str | None:
+    """`GLIBC_TUNABLES` with `MALLOC_TUNABLES` added where `current` does not set the same tunable itself (the
+    user's own values win); None when nothing is missing."""
+    present = {t.split("=", 1)[0] for t in current.split(":") if t}
+    missing = [t for t in MALLOC_TUNABLES if t.split("=", 1)[0] not in present]
+    return ":".join(filter(None, [current, *missing])) if missing else None
+
+
+def _restart_with_heap_malloc() -> None:
+    if os.environ.get("INCEPTION_JAX_KEEP_MALLOC"):
+        return
+    tunables = malloc_tunables(os.environ.get("GLIBC_TUNABLES", ""))
+    if tunables is None:
         return
     argv = list(getattr(sys, "orig_argv", ()))
     if "-m" not in argv[:-1] or argv[argv.index("-m") + 1] not in _CLI_MODULES:
@@ -76,13 +97,13 @@ def _restart_with_huge_page_malloc() -> None:
                 return
     except OSError:
         return
-    os.environ["GLIBC_TUNABLES"] = ":".join(filter(None, [os.environ.get("GLIBC_TUNABLES"), HUGE_PAGE_TUNABLE]))
+    os.environ["GLIBC_TUNABLES"] = tunables
     sys.stdout.flush()
     sys.stderr.flush()
     os.execv(sys.executable, argv)
 
 
 _set_default_xla_flags()
-_restart_with_huge_page_malloc()
+_restart_with_heap_malloc()
 
 __version__ = "0.1.0"

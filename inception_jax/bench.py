@@ -303,9 +303,10 @@ def run_isolated(job: dict) -> Result:
     mark affect the other's figures."""
     env = dict(os.environ)
     if job["impl"] == "timm":
-        # PyTorch runs as its users run it: without our huge-page malloc (which did not speed it up either).
+        # PyTorch runs as its users run it: without our malloc settings (which did not speed it up either).
         env["INCEPTION_JAX_KEEP_MALLOC"] = "1"
-        tunables = [t for t in env.pop("GLIBC_TUNABLES", "").split(":") if t and t != inception_jax.HUGE_PAGE_TUNABLE]
+        ours = set(inception_jax.MALLOC_TUNABLES)
+        tunables = [t for t in env.pop("GLIBC_TUNABLES", "").split(":") if t and t not in ours]
         if tunables:
             env["GLIBC_TUNABLES"] = ":".join(tunables)
     out = subprocess.run(

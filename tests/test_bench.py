@@ -79,8 +79,8 @@ def test_max_batch_without_a_memory_limit_asks_for_one(capsys):
 
 
 @pytest.mark.skipif(sys.platform != "linux" or platform.libc_ver()[0] != "glibc", reason="glibc's malloc only")
-def test_command_line_restarts_with_huge_page_malloc():
-    """`python -m inception_jax.bench` (and .main) restart once with glibc.malloc.hugetlb=1; an opt-out keeps the
+def test_command_line_restarts_with_our_malloc_settings():
+    """`python -m inception_jax.bench` (and .main) restart once with `MALLOC_TUNABLES`; an opt-out keeps the
     environment as it was."""
     command = [sys.executable, "-m", "inception_jax.bench", "--model", "inception_v3", "--mode", "infer", "--batch",
                "1", "--image-size", "75", "--warmup", "0", "--repeats", "1"]  # fmt: skip
@@ -92,7 +92,61 @@ def test_command_line_restarts_with_huge_page_malloc():
             expected = "[never]" not in f.read()
     except OSError:
         expected = False
-    assert (f"GLIBC_TUNABLES='{inception_jax.HUGE_PAGE_TUNABLE}' (ours)" in out.stdout) == expected, out.stdout
+    tunables = ":".join(inception_jax.MALLOC_TUNABLES)
+    assert (f"GLIBC_TUNABLES='{tunables}' (ours)" in out.stdout) == expected, out.stdout
+
+
+def test_malloc_tunables_add_only_what_the_user_did_not_set():
+    ours = ":".join(inception_jax.MALLOC_TUNABLES)
+    assert inception_jax.malloc_tunables("") == ours
+    assert inception_jax.malloc_tunables(ours) is None
+    mixed = inception_jax.malloc_tunables("glibc.pthread.rseq=0:glibc.malloc.arena_max=4")
+    parts = mixed.split(":")
+    assert parts[:2] == ["glibc.pthread.rseq=0", "glibc.malloc.arena_max=4"]
+    assert sorted(parts[2:]) == sorted(t for t in inception_jax.MALLOC_TUNABLES if "arena_max" not in t)
+
+
+_FAULTS_PROGRAM = """
+import resource
+import threading
+import jax
+import jax.numpy as jnp
+
+step = jax.jit(lambda x: jnp.sin(x) * 2.0)  # a fresh 64 MiB output on every call
+x = jnp.ones((4096, 4096))
+faults = []
+
+def run():  # off the main thread, as XLA's runtime allocates a train step's temporaries
+    for _ in range(2):
+        step(x).block_until_ready()
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(10):
+        step(x).block_until_ready()
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+
+thread = threading.Thread(target=run)
+thread.start()
+thread.join()
+print(faults[0])
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux" or platform.libc_ver()[0] != "glibc", reason="glibc's malloc only")
+def test_malloc_settings_stop_page_faults_after_the_first_steps():
+    """Blocks freed by one step are reused by the next instead of being unmapped and faulted in again (with huge
+    pages alone, glibc still maps each large block afresh)."""
+
+    def faults(tunables: str) -> int:
+        env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"} | {"GLIBC_TUNABLES": tunables}
+        out = subprocess.run([sys.executable, "-c", _FAULTS_PROGRAM], env=env, capture_output=True, text=True,
+                             timeout=300)  # fmt: skip
+        assert out.returncode == 0, out.stderr[-2000:]
+        return int(out.stdout.split()[-1])
+
+    huge_pages_only = faults(inception_jax.MALLOC_TUNABLES[0])
+    ours = faults(":".join(inception_jax.MALLOC_TUNABLES))
+    assert huge_pages_only > 1000, huge_pages_only  # 10 x 64 MiB freshly mapped: 5k faults here
+    assert ours * 5 < huge_pages_only, (ours, huge_pages_only)  # 32-256 here
 
 
 def test_timm_runs_without_our_malloc_settings(monkeypatch):
@@ -103,10 +157,10 @@ def test_timm_runs_without_our_malloc_settings(monkeypatch):
         return subprocess.CompletedProcess(command, 0, json.dumps(result("ours", 1.0).__dict__) + "\n")
 
     monkeypatch.setattr(bench.subprocess, "run", fake_run)
-    monkeypatch.setenv("GLIBC_TUNABLES", f"glibc.malloc.arena_max=2:{inception_jax.HUGE_PAGE_TUNABLE}")
+    monkeypatch.setenv("GLIBC_TUNABLES", inception_jax.malloc_tunables("glibc.malloc.arena_max=2"))
     bench.run_isolated({"impl": "ours"})
     bench.run_isolated({"impl": "timm"})
-    assert inception_jax.HUGE_PAGE_TUNABLE in seen["ours"]["GLIBC_TUNABLES"]
+    assert inception_jax.MALLOC_TUNABLES[0] in seen["ours"]["GLIBC_TUNABLES"]
     assert seen["timm"]["GLIBC_TUNABLES"] == "glibc.malloc.arena_max=2"
     assert seen["timm"]["INCEPTION_JAX_KEEP_MALLOC"] == "1"
 
