@@ -174,8 +174,13 @@ def test_max_pool_gradient_finds_each_maximum_once():
     assert input_sized, "expected the gradient to be computed by a fusion"
     for body in input_sized:
         assert not re.search(r"f32\[2,17,17,8\]\S* maximum\(", body)
-    np.testing.assert_allclose(jax.grad(loss)(x), jax.grad(lambda x: jnp.sum(
-        nn.max_pool(jax.nn.relu(1.5 * x + 0.1), (3, 3), strides=(2, 2), padding="VALID") * c))(x), atol=1e-6)
+    np.testing.assert_allclose(
+        jax.grad(loss)(x),
+        jax.grad(
+            lambda x: jnp.sum(nn.max_pool(jax.nn.relu(1.5 * x + 0.1), (3, 3), strides=(2, 2), padding="VALID") * c)
+        )(x),
+        atol=1e-6,
+    )
 
 
 @pytest.mark.parametrize("include_padding", [False, True])
@@ -358,3 +363,57 @@ def test_fused_batchnorm_keeps_bfloat16():
     assert y.dtype == jnp.bfloat16 and updates["batch_stats"]["bn"]["mean"].dtype == jnp.float32
     grad = jax.grad(lambda x: jnp.sum(fused.apply(variables, x, True, mutable=["batch_stats"])[0]))(x)
     assert grad.dtype == jnp.bfloat16
+
+
+class _Branches(nn.Module):
+    """Three branches reading one input, their first layers 1x1: merged (`conv_branches`) or one by one."""
+
+    merged: bool
+    bn_folded: bool = False
+
+    @nn.compact
+    def __call__(self, x, train):
+        from inception_jax.models import layers
+
+        cfg = layers.LayerConfig(bn_momentum=0.5, bn_folded=self.bn_folded, bn_scale=True)
+        branches = [("branch0", [(8, 1)]), ("branch1", [(12, 1), (8, 3)]), ("branch2", [(4, 1), (6, 3), (8, 3)])]
+        if self.merged:
+            return jnp.concatenate(layers.conv_branches(x, train, cfg, branches), axis=-1)
+        return jnp.concatenate([layers.conv_sequence(x, train, cfg, p, ls) for p, ls in branches], axis=-1)
+
+
+def test_conv_branches_merge_the_leading_1x1s_with_the_same_variables_and_results():
+    x = random((2, 9, 9, 16), 0)
+    r = random((2, 9, 9, 24), 1)
+    merged, separate = _Branches(merged=True), _Branches(merged=False)
+    variables = separate.init(jax.random.key(0), x, True)
+    assert jax.tree.map(jnp.shape, merged.init(jax.random.key(0), x, True)) == jax.tree.map(jnp.shape, variables)
+    np.testing.assert_array_equal(  # same names, so the same initial values (checkpoints and weight import)
+        merged.init(jax.random.key(0), x, True)["params"]["branch1_0"]["conv"]["kernel"],
+        variables["params"]["branch1_0"]["conv"]["kernel"],
+    )
+    params = jax.tree.map(lambda p: p + 0.3 * random(p.shape, 2), variables["params"])
+
+    def loss(model, params, x):
+        y, updates = model.apply({"params": params, "batch_stats": variables["batch_stats"]}, x, True,
+                                 mutable=["batch_stats"])  # fmt: skip
+        return jnp.sum(y * r), updates
+
+    results = [jax.value_and_grad(lambda p, x, m=m: loss(m, p, x), argnums=(0, 1), has_aux=True)(params, x)
+               for m in (merged, separate)]  # fmt: skip
+    for a, b in zip(jax.tree.leaves(results[0]), jax.tree.leaves(results[1]), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+    # One matmul for the three 1x1s (the 3x3s here are XLA convolutions): forward, and in the gradient one for the
+    # input and one for the weights.
+    dots = lambda m: str(jax.make_jaxpr(lambda p, x: loss(m, p, x)[0])(params, x)).count("dot_general")
+    grad_dots = lambda m: str(jax.make_jaxpr(jax.grad(lambda p, x: loss(m, p, x)[0], (0, 1)))(params, x)).count(
+        "dot_general"
+    )
+    assert (dots(merged), dots(separate)) == (1, 3)
+    assert (grad_dots(merged), grad_dots(separate)) == (3, 9)
+    # With BatchNorm folded into the convs (inference), the merged units add their own biases.
+    folded = {
+        "params": jax.tree.map(lambda p: p + 0.1, _Branches(False, True).init(jax.random.key(1), x, False)["params"])
+    }
+    folded_merged = _Branches(True, True).apply(folded, x, False)
+    np.testing.assert_allclose(folded_merged, _Branches(False, True).apply(folded, x, False), rtol=1e-5, atol=1e-5)

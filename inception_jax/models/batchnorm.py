@@ -77,7 +77,7 @@ class BatchNorm(nn.Module):
     """`flax.linen.BatchNorm(axis=-1)` with an optional ReLU fused in: the same variables (params `scale`, `bias`;
     batch_stats `mean`, `var`) and the same updates (ra = momentum * ra + (1 - momentum) * batch statistic)."""
 
-    use_running_average: bool
+    use_running_average: bool | None = None  # or given to each call, as flax's
     momentum: float = 0.99
     epsilon: float = 1e-5
     use_scale: bool = True
@@ -87,14 +87,15 @@ class BatchNorm(nn.Module):
     dtype: Any = None
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, use_running_average: bool | None = None) -> jax.Array:
+        use_running_average = nn.merge_param("use_running_average", self.use_running_average, use_running_average)
         features = x.shape[-1]
         ra_mean = self.variable("batch_stats", "mean", lambda: jnp.zeros((features,), jnp.float32))
         ra_var = self.variable("batch_stats", "var", lambda: jnp.ones((features,), jnp.float32))
         scale = self.param("scale", nn.initializers.ones, (features,)) if self.use_scale else jnp.ones(features)
         bias = self.param("bias", nn.initializers.zeros, (features,)) if self.use_bias else jnp.zeros(features)
         dtype = self.dtype or x.dtype
-        if self.use_running_average:
+        if use_running_average:
             y = (x.astype(jnp.float32) - ra_mean.value) * (lax.rsqrt(ra_var.value + self.epsilon) * scale) + bias
             return (jnp.maximum(y, 0.0) if self.activate else y).astype(dtype)
         # Flax does not average over devices while initialising (the axis may not exist yet).

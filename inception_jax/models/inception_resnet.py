@@ -14,7 +14,7 @@ import jax.numpy as jnp
 
 from inception_jax.models.inception_v3 import InceptionV3A, InceptionV3Stem
 from inception_jax.models.inception_v4 import InceptionV4Stem, ReductionA, check_num_blocks
-from inception_jax.models.layers import ConvBN, InceptionResNetBlock, LayerConfig, conv_sequence, max_pool_3x3_s2
+from inception_jax.models.layers import ConvBN, InceptionResNetBlock, LayerConfig, conv_branches, max_pool_3x3_s2
 from inception_jax.models.network import InceptionNet
 
 Widths = tuple[tuple[int, ...], ...]
@@ -27,10 +27,15 @@ class _ResidualBranches(InceptionResNetBlock):
     widths: Widths = ()
 
     def branches(self, x: jax.Array, train: bool) -> list[jax.Array]:
-        return [
-            conv_sequence(x, train, self.cfg, f"branch{i}", list(zip(widths, kernels, strict=True)))
-            for i, (widths, kernels) in enumerate(zip(self.widths, self.KERNELS, strict=True))
-        ]
+        return conv_branches(
+            x,
+            train,
+            self.cfg,
+            [
+                (f"branch{i}", list(zip(widths, kernels, strict=True)))
+                for i, (widths, kernels) in enumerate(zip(self.widths, self.KERNELS, strict=True))
+            ],
+        )
 
 
 class InceptionResNetA(_ResidualBranches):
@@ -65,15 +70,12 @@ class ResidualReductionB(nn.Module):
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         (a0, a1), (b0, b1), (c0, c1, c2) = self.widths
         cfg, v = self.cfg, "VALID"
-        return jnp.concatenate(
-            [
-                conv_sequence(x, train, cfg, "branch0", [(a0, 1), (a1, 3, 2, v)]),
-                conv_sequence(x, train, cfg, "branch1", [(b0, 1), (b1, 3, 2, v)]),
-                conv_sequence(x, train, cfg, "branch2", [(c0, 1), (c1, 3), (c2, 3, 2, v)]),
-                max_pool_3x3_s2(x),
-            ],
-            axis=-1,
-        )
+        branches = [
+            ("branch0", [(a0, 1), (a1, 3, 2, v)]),
+            ("branch1", [(b0, 1), (b1, 3, 2, v)]),
+            ("branch2", [(c0, 1), (c1, 3), (c2, 3, 2, v)]),
+        ]
+        return jnp.concatenate([*conv_branches(x, train, cfg, branches), max_pool_3x3_s2(x)], axis=-1)
 
 
 class _InceptionResNet(InceptionNet):

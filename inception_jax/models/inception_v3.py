@@ -14,6 +14,7 @@ from inception_jax.models.layers import (
     ConvBN,
     LayerConfig,
     avg_pool_3x3,
+    conv_branches,
     conv_sequence,
     max_pool_3x3_s2,
     split_1x3_3x1,
@@ -60,9 +61,16 @@ class InceptionV3A(nn.Module):
         cfg = self.cfg
         return jnp.concatenate(
             [
-                conv_sequence(x, train, cfg, "branch0", [(self.branch0_filters, 1)]),
-                conv_sequence(x, train, cfg, "branch1", [(48, 1), (64, 5)]),
-                conv_sequence(x, train, cfg, "branch2", [(64, 1), (96, 3), (96, 3)]),
+                *conv_branches(
+                    x,
+                    train,
+                    cfg,
+                    [
+                        ("branch0", [(self.branch0_filters, 1)]),
+                        ("branch1", [(48, 1), (64, 5)]),
+                        ("branch2", [(64, 1), (96, 3), (96, 3)]),
+                    ],
+                ),
                 conv_sequence(
                     avg_pool_3x3(x, cfg.avg_pool_include_padding), train, cfg, "branch3", [(self.pool_filters, 1)]
                 ),
@@ -100,9 +108,16 @@ class InceptionV3B(nn.Module):
         cfg, c = self.cfg, self.channels
         return jnp.concatenate(
             [
-                conv_sequence(x, train, cfg, "branch0", [(192, 1)]),
-                conv_sequence(x, train, cfg, "branch1", [(c, 1), (c, (1, 7)), (192, (7, 1))]),
-                conv_sequence(x, train, cfg, "branch2", [(c, 1), (c, (7, 1)), (c, (1, 7)), (c, (7, 1)), (192, (1, 7))]),
+                *conv_branches(
+                    x,
+                    train,
+                    cfg,
+                    [
+                        ("branch0", [(192, 1)]),
+                        ("branch1", [(c, 1), (c, (1, 7)), (192, (7, 1))]),
+                        ("branch2", [(c, 1), (c, (7, 1)), (c, (1, 7)), (c, (7, 1)), (192, (1, 7))]),
+                    ],
+                ),
                 conv_sequence(avg_pool_3x3(x, cfg.avg_pool_include_padding), train, cfg, "branch3", [(192, 1)]),
             ],
             axis=-1,
@@ -119,8 +134,15 @@ class InceptionV3ReductionB(nn.Module):
         cfg = self.cfg
         return jnp.concatenate(
             [
-                conv_sequence(x, train, cfg, "branch0", [(192, 1), (320, 3, 2, V)]),
-                conv_sequence(x, train, cfg, "branch1", [(192, 1), (192, (1, 7)), (192, (7, 1)), (192, 3, 2, V)]),
+                *conv_branches(
+                    x,
+                    train,
+                    cfg,
+                    [
+                        ("branch0", [(192, 1), (320, 3, 2, V)]),
+                        ("branch1", [(192, 1), (192, (1, 7)), (192, (7, 1)), (192, 3, 2, V)]),
+                    ],
+                ),
                 max_pool_3x3_s2(x),
             ],
             axis=-1,
@@ -135,11 +157,12 @@ class InceptionV3C(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         cfg = self.cfg
-        b1 = conv_sequence(x, train, cfg, "branch1", [(384, 1)])
-        b2 = conv_sequence(x, train, cfg, "branch2", [(448, 1), (384, 3)])
+        b0, b1, b2 = conv_branches(
+            x, train, cfg, [("branch0", [(320, 1)]), ("branch1", [(384, 1)]), ("branch2", [(448, 1), (384, 3)])]
+        )
         return jnp.concatenate(
             [
-                conv_sequence(x, train, cfg, "branch0", [(320, 1)]),
+                b0,
                 split_1x3_3x1(b1, train, cfg, "branch1_1", 384),
                 split_1x3_3x1(b2, train, cfg, "branch2_2", 384),
                 conv_sequence(avg_pool_3x3(x, cfg.avg_pool_include_padding), train, cfg, "branch3", [(192, 1)]),

@@ -14,6 +14,7 @@ from inception_jax.models.layers import (
     ConvBN,
     LayerConfig,
     avg_pool_3x3,
+    conv_branches,
     conv_sequence,
     max_pool_3x3_s2,
     split_1x3_3x1,
@@ -59,9 +60,12 @@ class InceptionA(nn.Module):
         cfg = self.cfg
         return jnp.concatenate(
             [
-                conv_sequence(x, train, cfg, "branch0", [(96, 1)]),
-                conv_sequence(x, train, cfg, "branch1", [(64, 1), (96, 3)]),
-                conv_sequence(x, train, cfg, "branch2", [(64, 1), (96, 3), (96, 3)]),
+                *conv_branches(
+                    x,
+                    train,
+                    cfg,
+                    [("branch0", [(96, 1)]), ("branch1", [(64, 1), (96, 3)]), ("branch2", [(64, 1), (96, 3), (96, 3)])],
+                ),
                 conv_sequence(avg_pool_3x3(x, cfg.avg_pool_include_padding), train, cfg, "branch3", [(96, 1)]),
             ],
             axis=-1,
@@ -105,10 +109,15 @@ class InceptionB(nn.Module):
         cfg = self.cfg
         return jnp.concatenate(
             [
-                conv_sequence(x, train, cfg, "branch0", [(384, 1)]),
-                conv_sequence(x, train, cfg, "branch1", [(192, 1), (224, (1, 7)), (256, (7, 1))]),
-                conv_sequence(
-                    x, train, cfg, "branch2", [(192, 1), (192, (7, 1)), (224, (1, 7)), (224, (7, 1)), (256, (1, 7))]
+                *conv_branches(
+                    x,
+                    train,
+                    cfg,
+                    [
+                        ("branch0", [(384, 1)]),
+                        ("branch1", [(192, 1), (224, (1, 7)), (256, (7, 1))]),
+                        ("branch2", [(192, 1), (192, (7, 1)), (224, (1, 7)), (224, (7, 1)), (256, (1, 7))]),
+                    ],
                 ),
                 conv_sequence(avg_pool_3x3(x, cfg.avg_pool_include_padding), train, cfg, "branch3", [(128, 1)]),
             ],
@@ -126,8 +135,15 @@ class ReductionB(nn.Module):
         cfg = self.cfg
         return jnp.concatenate(
             [
-                conv_sequence(x, train, cfg, "branch0", [(192, 1), (192, 3, 2, V)]),
-                conv_sequence(x, train, cfg, "branch1", [(256, 1), (256, (1, 7)), (320, (7, 1)), (320, 3, 2, V)]),
+                *conv_branches(
+                    x,
+                    train,
+                    cfg,
+                    [
+                        ("branch0", [(192, 1), (192, 3, 2, V)]),
+                        ("branch1", [(256, 1), (256, (1, 7)), (320, (7, 1)), (320, 3, 2, V)]),
+                    ],
+                ),
                 max_pool_3x3_s2(x),
             ],
             axis=-1,
@@ -142,11 +158,15 @@ class InceptionC(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         cfg = self.cfg
-        b1 = conv_sequence(x, train, cfg, "branch1", [(384, 1)])
-        b2 = conv_sequence(x, train, cfg, "branch2", [(384, 1), (448, (3, 1)), (512, (1, 3))])
+        b0, b1, b2 = conv_branches(
+            x,
+            train,
+            cfg,
+            [("branch0", [(256, 1)]), ("branch1", [(384, 1)]), ("branch2", [(384, 1), (448, (3, 1)), (512, (1, 3))])],
+        )
         return jnp.concatenate(
             [
-                conv_sequence(x, train, cfg, "branch0", [(256, 1)]),
+                b0,
                 split_1x3_3x1(b1, train, cfg, "branch1_1", 256),
                 split_1x3_3x1(b2, train, cfg, "branch2_3", 256),
                 conv_sequence(avg_pool_3x3(x, cfg.avg_pool_include_padding), train, cfg, "branch3", [(256, 1)]),
