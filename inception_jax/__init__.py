@@ -59,9 +59,10 @@ def _set_default_xla_flags() -> None:
 # XLA's CPU runtime allocates each step's buffers afresh (several GiB at batch 8, 299x299: one 2.3 GB block of
 # temporaries for an Inception-ResNet-v2 train step) and glibc maps blocks that large freshly and unmaps them when
 # freed, so every step page-faulted its memory in again: 570k faults and 1.1 s of kernel time per Inception-v4 train
-# step at batch 8 on 2 cores, 1.7-1.9k faults (of 2 MiB pages, 0.4-0.7 s) with huge pages alone. Kept in one heap
-# (threads other than the main one would map large blocks from arenas of their own whatever mmap_max says) and never
-# trimmed, the memory is faulted in once: no faults and ~10 ms of kernel time per step after the first. The price is
+# step at batch 8 on 2 cores; with huge pages alone, 1.7-1.9k faults (of 2 MiB pages) and 0.4-0.7 s per
+# Inception-ResNet-v2 step. Kept in one heap (threads other than the main one would map large blocks from arenas of
+# their own whatever mmap_max says) and never trimmed, the memory is faulted in once: no faults and 13-14 ms of kernel
+# time per step after the first. The price is
 # a heap that does not shrink after a peak, which a training process reuses every step anyway.
 MALLOC_TUNABLES = (
     "glibc.malloc.hugetlb=1",  # transparent huge pages for malloc's memory
