@@ -2,10 +2,13 @@
 
     python -m inception_jax.bench --model inception_v4 --batch 8 --image-size 299 --mode infer --vs-timm
     python -m inception_jax.bench --all --vs-timm --json bench.jsonl
+    python -m inception_jax.bench --all --vs-timm --rounds 3   # interleaved processes, medians over rounds
 
 Reports compile time, steady-state images/s (median of timed runs after warm-up, each ending in
 `block_until_ready`), peak memory (the device's where the backend reports it, else the host's peak RSS),
-FLOPs per image from XLA's cost analysis, the achieved FLOP/s and MFU where a peak is known or given.
+FLOPs per image from XLA's cost analysis, the achieved FLOP/s and MFU where a peak is known or given. Each
+measurement runs in its own process; with `--rounds` the processes of a setting alternate (ours, timm, ..., then the
+reverse order) and the table gives medians over rounds, followed by each round's ratio.
 """
 
 from __future__ import annotations
@@ -60,6 +63,8 @@ class Result:
     threads: int | None = None
     remat: bool = False
     saved_activations_gib: float | None = None
+    round: int = 0
+    rounds: int = 1
 
 
 def time_steps(step: Callable[[], Any], warmup: int, repeats: int) -> list[float]:
@@ -289,6 +294,45 @@ def format_table(results: list[Result]) -> str:
     return "\n".join(lines)
 
 
+def summarise(results: list[Result]) -> list[Result]:
+    """One row per implementation and setting: the median over rounds of each process's median step time (the
+    largest peak memory), so that a slow spell of a shared machine during one process moves a ratio less."""
+    groups: dict[tuple, list[Result]] = {}
+    for r in results:
+        groups.setdefault((r.impl, r.model, r.mode, r.batch, r.image_size, r.dtype, r.remat), []).append(r)
+    rows = []
+    for group in groups.values():
+        step_ms = statistics.median(r.step_ms for r in group)
+        row = dataclasses.replace(group[0], step_ms=step_ms, images_per_s=group[0].batch / step_ms * 1e3,
+                                  round=0, rounds=len(group))  # fmt: skip
+        if row.compile_s is not None:
+            row.compile_s = statistics.median(r.compile_s for r in group)
+        if row.achieved_tflops is not None:
+            row.achieved_tflops = row.flops_per_image * row.batch / (step_ms / 1e3) / 1e12
+            row.mfu = None if row.mfu is None else row.mfu * group[0].step_ms / step_ms
+        peaks = [r.peak_memory_gib for r in group if r.peak_memory_gib is not None]
+        row.peak_memory_gib = max(peaks) if peaks else None
+        rows.append(row)
+    return rows
+
+
+def ratios_by_round(results: list[Result]) -> dict[tuple, list[float]]:
+    """Ours / the best timm mode within each round, per setting: the spread the summary's ratio hides."""
+    best: dict[tuple, float] = {}
+    ours: dict[tuple, float] = {}
+    for r in results:
+        key = (r.model, r.mode, r.batch, r.image_size, r.round)
+        if r.impl == "ours":
+            ours[key] = r.images_per_s
+        elif r.impl.startswith("timm"):
+            best[key] = max(best.get(key, 0.0), r.images_per_s)
+    out: dict[tuple, list[float]] = {}
+    for key, ips in ours.items():
+        if key in best:
+            out.setdefault(key[:4], []).append(ips / best[key])
+    return out
+
+
 def run_job(job: dict) -> Result:
     """One measurement, in this process."""
     if job["impl"] == "ours":
@@ -328,6 +372,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--all", action="store_true", help="run the matrix: v4 and IR-v2 x (train b8@299, b32@75, infer b8@299)"
     )
+    parser.add_argument(
+        "--rounds", type=int, default=1,
+        help="run each setting's processes this many times, interleaved (ours, timm..., then the reverse order), and "
+        "report medians over rounds",
+    )  # fmt: skip
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)), help="PyTorch threads")
@@ -348,6 +397,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.batch < 1 or args.image_size < models.MIN_INPUT_SIZE:
         parser.error(f"--batch must be >= 1 and --image-size >= {models.MIN_INPUT_SIZE}")
+    if args.rounds < 1 or args.warmup < 0 or args.repeats < 1:
+        parser.error("--rounds and --repeats must be >= 1 and --warmup >= 0")
     if args.vs_timm:
         try:
             import timm  # noqa: F401
@@ -367,14 +418,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"# {name} {mode} batch {batch} at {size}x{size}", file=sys.stderr, flush=True)
         job = dict(common, model=name, mode=mode, batch=batch, size=size)
         jobs = [dict(job, impl="ours")] + [dict(job, impl="timm", **v) for v in timm_variants] * args.vs_timm
-        for one in jobs:
-            results.append(run_isolated(one))
-            if args.json:
-                with open(args.json, "a") as f:
-                    f.write(json.dumps(dataclasses.asdict(results[-1])) + "\n")
+        for round_ in range(args.rounds):
+            # Every other round in reverse, so that a machine that drifts during a setting favours no one.
+            for one in jobs if round_ % 2 == 0 else jobs[::-1]:
+                results.append(dataclasses.replace(run_isolated(one), round=round_, rounds=args.rounds))
+                if args.json:
+                    with open(args.json, "a") as f:
+                        f.write(json.dumps(dataclasses.asdict(results[-1])) + "\n")
     print(f"jax {jax.__version__} on {jax.devices()[0].device_kind}; XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}; "
           f"GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '')!r} (ours)")  # fmt: skip
-    print(format_table(results))
+    print(format_table(summarise(results)))
+    if args.rounds > 1:
+        for (name, mode, batch, size), ratios in ratios_by_round(results).items():
+            print(f"{name} {mode} b{batch}@{size}: ours / best timm by round " + ", ".join(f"{q:.2f}x" for q in ratios))
     return 0
 
 

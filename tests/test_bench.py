@@ -1,6 +1,7 @@
 """The speed benchmark runs end to end and reports what it claims (timings are not asserted: benchmarks, not
 tests, carry speed targets)."""
 
+import dataclasses
 import json
 import os
 import platform
@@ -204,3 +205,45 @@ def test_importing_after_the_backend_started_warns():
     assert "too late to set XLA_FLAGS" in out.stderr and "xla_cpu_experimental_ynn_fusion_type" in out.stderr
     quiet = _run_conv_gradient("jax.devices()\nimport inception_jax", INCEPTION_JAX_KEEP_XLA_FLAGS="1")
     assert "too late" not in quiet.stderr
+
+
+def test_rounds_alternate_the_processes_and_report_medians(monkeypatch, tmp_path, capsys):
+    # Ours takes 1000, 1400, 1100 ms over three rounds, timm channels_last 1200 ms each time, plain timm 2000 ms.
+    ours_ms = iter([1000.0, 1400.0, 1100.0])
+    order = []
+
+    def fake_run_isolated(job):
+        impl = job["impl"] if job["impl"] == "ours" else "timm" + "-channels_last" * job["channels_last"]
+        order.append(impl)
+        ms = next(ours_ms) if impl == "ours" else 1200.0 if job["channels_last"] else 2000.0
+        return bench.Result(impl, job["model"], job["mode"], job["batch"], job["size"], "float32",
+                            job["batch"] / ms * 1e3, ms, peak_memory_gib=float(len(order)))  # fmt: skip
+
+    monkeypatch.setattr(bench, "run_isolated", fake_run_isolated)
+    monkeypatch.setitem(sys.modules, "timm", object())
+    out = tmp_path / "bench.jsonl"
+    argv = ["--model", "inception_v4", "--batch", "8", "--mode", "train", "--vs-timm", "--rounds", "3",
+            "--json", str(out)]  # fmt: skip
+    assert bench.main(argv) == 0
+    forward = ["ours", "timm", "timm-channels_last"]
+    assert order == forward + forward[::-1] + forward
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [(r["impl"], r["round"], r["rounds"]) for r in rows][:4] == [
+        ("ours", 0, 3), ("timm", 0, 3), ("timm-channels_last", 0, 3), ("timm-channels_last", 1, 3)]  # fmt: skip
+    printed = capsys.readouterr().out
+    ours = next(line for line in printed.splitlines() if line.startswith("| ours"))
+    # Median 1100 ms against timm channels_last's 1200 ms; peak memory the largest of ours' three processes (7).
+    assert "| 1100 |" in ours and ours.rstrip().endswith("| 1.09x |") and "| 7.00 |" in ours
+    assert "inception_v4 train b8@299: ours / best timm by round 1.20x, 0.86x, 1.09x" in printed
+
+
+def test_summary_keeps_single_runs_as_they_are():
+    rows = [result("ours", 6.0), result("timm", 4.0)]
+    assert bench.summarise(rows) == [dataclasses.replace(r, rounds=1) for r in rows]
+
+
+@pytest.mark.parametrize("flag", [["--rounds", "0"], ["--repeats", "0"], ["--warmup", "-1"]])
+def test_bad_repetition_counts_are_refused(flag, capsys):
+    with pytest.raises(SystemExit):
+        bench.main(["--model", "inception_v4", *flag])
+    assert "must be >= 1" in capsys.readouterr().err
