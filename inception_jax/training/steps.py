@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import NamedSharding, PartitionSpec
 
+from inception_jax.evaluation.multicrop import topk_counts
 from inception_jax.models import dead_fraction
 from inception_jax.training import optim
 from inception_jax.training.sharding import DATA
@@ -127,14 +128,8 @@ def make_eval_step(model: nn.Module) -> Callable[[dict, Batch], Metrics]:
 
     def eval_step(variables: dict, batch: Batch) -> Metrics:
         logits = model.apply(variables, batch["image"], train=False).astype(jnp.float32)
-        labels, mask = batch["label"], batch["mask"].astype(jnp.float32)
-        loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-        top5 = jax.lax.top_k(logits, min(5, logits.shape[-1]))[1]
-        return {
-            "loss": jnp.sum(loss * mask),
-            "top1": jnp.sum((top5[:, 0] == labels) * mask),
-            "top5": jnp.sum(jnp.any(top5 == labels[:, None], axis=-1) * mask),
-            "count": jnp.sum(mask),
-        }
+        loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
+        return {"loss": jnp.sum(loss * batch["mask"].astype(jnp.float32)),
+                **topk_counts(logits, batch["label"], batch["mask"])}  # fmt: skip
 
     return eval_step
