@@ -62,8 +62,8 @@ def _set_default_xla_flags() -> None:
 # step at batch 8 on 2 cores; with huge pages alone, 1.7-1.9k faults (of 2 MiB pages) and 0.4-0.7 s per
 # Inception-ResNet-v2 step. Kept in one heap (threads other than the main one would map large blocks from arenas of
 # their own whatever mmap_max says) and never trimmed, the memory is faulted in once: no faults and 13-14 ms of kernel
-# time per step after the first. The price is
-# a heap that does not shrink after a peak, which a training process reuses every step anyway.
+# time per step after the first. The price is a heap that does not shrink after a peak, which a training process
+# reuses every step anyway.
 MALLOC_TUNABLES = (
     "glibc.malloc.hugetlb=1",  # transparent huge pages for malloc's memory
     "glibc.malloc.arena_max=1",

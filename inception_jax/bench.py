@@ -268,20 +268,29 @@ def bench_timm(
     return result
 
 
+def _setting(r: Result) -> tuple:
+    return (r.model, r.mode, r.batch, r.image_size)
+
+
+def _best_timm(results: list[Result], key: Callable[[Result], tuple]) -> dict[tuple, float]:
+    """The fastest timm mode's images/s for each `key`."""
+    best: dict[tuple, float] = {}
+    for r in results:
+        if r.impl.startswith("timm"):
+            best[key(r)] = max(best.get(key(r), 0.0), r.images_per_s)
+    return best
+
+
 def format_table(results: list[Result]) -> str:
     header = (
         "| impl | model | mode | batch | size | dtype | img/s | step ms | compile s | GFLOP/img | TFLOP/s | MFU "
         "| peak GiB | saved act. GiB | vs best timm |"
     )
     lines = [header, "|" + "---|" * (header.count("|") - 1)]
-    best_timm: dict[tuple, float] = {}
-    for r in results:
-        if r.impl.startswith("timm"):
-            key = (r.model, r.mode, r.batch, r.image_size)
-            best_timm[key] = max(best_timm.get(key, 0.0), r.images_per_s)
+    best_timm = _best_timm(results, _setting)
     fmt = lambda v, spec: "—" if v is None else format(v, spec)
     for r in results:
-        ref = best_timm.get((r.model, r.mode, r.batch, r.image_size))
+        ref = best_timm.get(_setting(r))
         ratio = f"{r.images_per_s / ref:.2f}x" if ref and r.impl == "ours" else ""
         impl = r.impl + ("+remat" if r.remat else "")
         gflop = None if r.flops_per_image is None else r.flops_per_image / 1e9
@@ -307,9 +316,11 @@ def summarise(results: list[Result]) -> list[Result]:
                                   round=0, rounds=len(group))  # fmt: skip
         if row.compile_s is not None:
             row.compile_s = statistics.median(r.compile_s for r in group)
+        speedup = group[0].step_ms / step_ms  # FLOP/s and MFU scale with the step time
         if row.achieved_tflops is not None:
-            row.achieved_tflops = row.flops_per_image * row.batch / (step_ms / 1e3) / 1e12
-            row.mfu = None if row.mfu is None else row.mfu * group[0].step_ms / step_ms
+            row.achieved_tflops *= speedup
+        if row.mfu is not None:
+            row.mfu *= speedup
         peaks = [r.peak_memory_gib for r in group if r.peak_memory_gib is not None]
         row.peak_memory_gib = max(peaks) if peaks else None
         rows.append(row)
@@ -318,18 +329,11 @@ def summarise(results: list[Result]) -> list[Result]:
 
 def ratios_by_round(results: list[Result]) -> dict[tuple, list[float]]:
     """Ours / the best timm mode within each round, per setting: the spread the summary's ratio hides."""
-    best: dict[tuple, float] = {}
-    ours: dict[tuple, float] = {}
-    for r in results:
-        key = (r.model, r.mode, r.batch, r.image_size, r.round)
-        if r.impl == "ours":
-            ours[key] = r.images_per_s
-        elif r.impl.startswith("timm"):
-            best[key] = max(best.get(key, 0.0), r.images_per_s)
+    best = _best_timm(results, lambda r: (*_setting(r), r.round))
     out: dict[tuple, list[float]] = {}
-    for key, ips in ours.items():
-        if key in best:
-            out.setdefault(key[:4], []).append(ips / best[key])
+    for r in results:
+        if r.impl == "ours" and (*_setting(r), r.round) in best:
+            out.setdefault(_setting(r), []).append(r.images_per_s / best[(*_setting(r), r.round)])
     return out
 
 
