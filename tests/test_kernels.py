@@ -36,6 +36,13 @@ CONVS = [
     ((1, 8, 8, 3), (1, 1), 4, 2, "SAME"),
     ((1, 13, 12, 3), (5, 5), 4, 3, "VALID"),
     ((1, 9, 9, 3), (3, 3), 4, 2, ((2, 0), (1, 2))),
+    # Maps smaller than the kernel, whose taps that meet only padding are dropped: to a 1x1 (a matmul), to 1x5,
+    # on both axes, with asymmetric padding, and strided.
+    ((2, 1, 1, 6), (1, 3), 5, 1, "SAME"),
+    ((2, 3, 3, 5), (1, 7), 4, 1, "SAME"),
+    ((2, 3, 2, 5), (7, 7), 4, 1, "SAME"),
+    ((1, 2, 3, 3), (5, 3), 4, 1, ((4, 1), (0, 2))),
+    ((1, 2, 2, 3), (5, 5), 4, 2, "SAME"),
 ]
 
 
@@ -133,6 +140,23 @@ def test_conv_takes_the_fast_paths():
     assert "dot_general" in pointwise and "conv_general_dilated" not in pointwise
     strided = str(jax.make_jaxpr(jax.grad(lambda x, w: conv((2, 2))(x, w).sum()))(x, jnp.zeros((3, 3, 4, 8))))
     assert "lhs_dilation=(1, 1)" in strided and "lhs_dilation=(2, 2)" not in strided
+
+
+def test_conv_drops_the_taps_that_meet_only_padding():
+    """A 1x3 on a 1x1 map (Inception-C at 75x75 input) is a matmul with the centre tap; a 1x7 on a 3x3 map
+    (Inception-B there) a 1x5; on a 7x7 map all seven taps stay."""
+
+    def operations(x_shape, kernel):
+        x, w = jnp.zeros(x_shape), jnp.zeros((*kernel, x_shape[-1], 8))
+        dn = lax.conv_dimension_numbers(x.shape, w.shape, NHWC)
+        conv = lambda x, w: convolution.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=dn)  # noqa: E731
+        return [(e.primitive.name, [v.aval.shape for v in e.invars]) for e in jax.make_jaxpr(conv)(x, w).eqns]
+
+    centre = operations((2, 1, 1, 4), (1, 3))
+    assert ("custom_vjp_call", [(2, 1, 1, 4), (4, 8)]) in centre  # `pointwise`
+    assert not any(name == "conv_general_dilated" for name, _ in centre)
+    assert ("conv_general_dilated", [(2, 3, 3, 4), (1, 5, 4, 8)]) in operations((2, 3, 3, 4), (1, 7))
+    assert operations((2, 7, 7, 4), (1, 7)) == [("conv_general_dilated", [(2, 7, 7, 4), (1, 7, 4, 8)])]
 
 
 def test_pointwise_conv_weight_gradient_reads_operands_in_place():
