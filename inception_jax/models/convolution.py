@@ -86,12 +86,14 @@ def trim_padding_taps(
     zeros: dropping them is exact and leaves fewer taps to compute (a 1x3 on a 1x1 map becomes a matmul). Output j
     reads input s * j + i - lo with tap i, so only taps in [lo - s * (o - 1), lo + n - 1] ever read the input.
     """
-    new_pads = []
-    for axis, (n, k, s, (lo, hi)) in enumerate(zip(spatial, w.shape[:2], strides, pads, strict=True)):
+    taps = []
+    for n, k, s, (lo, hi) in zip(spatial, w.shape[:2], strides, pads, strict=True):
         out = (n + lo + hi - k) // s + 1
         if out < 1:  # no output at all: leave the error to lax
             return w, tuple(tuple(p) for p in pads)
-        first, last = max(0, lo - s * (out - 1)), min(k - 1, lo + n - 1)
+        taps.append((max(0, lo - s * (out - 1)), min(k - 1, lo + n - 1)))
+    new_pads = []
+    for axis, ((first, last), k, (lo, hi)) in enumerate(zip(taps, w.shape[:2], pads, strict=True)):
         if first > 0 or last < k - 1:
             w = lax.slice_in_dim(w, first, last + 1, axis=axis)
         new_pads.append((lo - first, hi - (k - 1 - last)))
