@@ -329,11 +329,12 @@ def summarise(results: list[Result]) -> list[Result]:
 
 def ratios_by_round(results: list[Result]) -> dict[tuple, list[float]]:
     """Ours / the best timm mode within each round, per setting: the spread the summary's ratio hides."""
-    best = _best_timm(results, lambda r: (*_setting(r), r.round))
+    in_round = lambda r: (*_setting(r), r.round)
+    best = _best_timm(results, in_round)
     out: dict[tuple, list[float]] = {}
     for r in results:
-        if r.impl == "ours" and (*_setting(r), r.round) in best:
-            out.setdefault(_setting(r), []).append(r.images_per_s / best[(*_setting(r), r.round)])
+        if r.impl == "ours" and in_round(r) in best:
+            out.setdefault(_setting(r), []).append(r.images_per_s / best[in_round(r)])
     return out
 
 

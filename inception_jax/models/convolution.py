@@ -10,7 +10,7 @@ is slow. Same parameters, same results (to float rounding), gradients included.
   1.5-2.2x faster for the stem and grid-reduction convs at batch 8 in our timings.
 - Kernel taps that meet only padding (a kernel wider than its map: the 1x7s on the 3x3 maps and the 1x3s on the
   1x1 maps of a 75x75 input) are dropped, exactly: at batch 32, 75x75, Inception-v4's three Inception-C blocks
-  (forward and both gradients) took 32 instead of 152 ms, its seven Inception-B blocks 153 instead of 186.
+  (forward and both gradients) took 32 instead of 152 ms, its seven Inception-B blocks 152-155 instead of 182-190.
 - Wide 1xk and kx1 convolutions (the factorised 7x7s of the 17x17 blocks, the 1x3/3x1 of the 8x8 blocks) run as
   one-dimensional Winograd convolutions, the 3x3 convolutions of the 35x35 blocks as two-dimensional ones
   (`winograd.py`), on the CPU only and in float32 only.
@@ -52,25 +52,23 @@ def conv_general_dilated(
         == lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC)
     )
     strides = tuple(window_strides)
-    if plain and isinstance(padding, str):
-        padding = lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], strides, padding)
     if plain:
+        if isinstance(padding, str):
+            padding = lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], strides, padding)
         rhs, padding = trim_padding_taps(lhs.shape[1:3], rhs, strides, padding)
-    if plain and rhs.shape[:2] == (1, 1) and strides == (1, 1) and all(p == (0, 0) for p in padding):
-        return pointwise(lhs, rhs[0, 0], precision)
-    if plain and strides != (1, 1):
-        pads = tuple(tuple(p) for p in padding)
-        return strided_conv(lhs, rhs, strides, pads, precision)
-    if plain and winograd.applies(lhs.shape, rhs.shape, strides, padding, lhs.dtype):
-        direct = functools.partial(lax.conv_general_dilated, window_strides=strides, padding=padding,
-                                   dimension_numbers=_NHWC, precision=precision)  # fmt: skip
-        pads = tuple(tuple(p) for p in padding)
+        if rhs.shape[:2] == (1, 1) and strides == (1, 1) and padding == ((0, 0), (0, 0)):
+            return pointwise(lhs, rhs[0, 0], precision)
+        if strides != (1, 1):
+            return strided_conv(lhs, rhs, strides, padding, precision)
+        if winograd.applies(lhs.shape, rhs.shape, strides, padding, lhs.dtype):
+            direct = functools.partial(lax.conv_general_dilated, window_strides=strides, padding=padding,
+                                       dimension_numbers=_NHWC, precision=precision)  # fmt: skip
 
-        def fast(x: jax.Array, w: jax.Array) -> jax.Array:
-            return winograd.conv(x, w, pads)
+            def fast(x: jax.Array, w: jax.Array) -> jax.Array:
+                return winograd.conv(x, w, padding)
 
-        # GPUs and TPUs have convolution libraries that beat this decomposition: only the CPU takes it.
-        return lax.platform_dependent(lhs, rhs, cpu=fast, default=direct)
+            # GPUs and TPUs have convolution libraries that beat this decomposition: only the CPU takes it.
+            return lax.platform_dependent(lhs, rhs, cpu=fast, default=direct)
     return lax.conv_general_dilated(
         lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
         dimension_numbers=dimension_numbers, feature_group_count=feature_group_count, precision=precision,
@@ -80,7 +78,7 @@ def conv_general_dilated(
 def trim_padding_taps(
     spatial: Sequence[int], w: jax.Array, strides: Sequence[int], pads: Sequence[Sequence[int]]
 ) -> tuple[jax.Array, tuple[tuple[int, int], ...]]:
-    """(kernel, pads) without the kernel taps that meet only padding, for every output position.
+    """(kernel, pads as tuples) without the kernel taps that meet only padding, for every output position.
 
     On maps smaller than the kernel (a 1x7 on the 3x3 maps of a 75x75 input, a 1x3 on 1x1 maps) those taps multiply
     zeros: dropping them is exact and leaves fewer taps to compute (a 1x3 on a 1x1 map becomes a matmul). Output j
@@ -89,7 +87,7 @@ def trim_padding_taps(
     taps = []
     for n, k, s, (lo, hi) in zip(spatial, w.shape[:2], strides, pads, strict=True):
         out = (n + lo + hi - k) // s + 1
-        if out < 1:  # no output at all: leave the error to lax
+        if out < 1:  # an empty output (lax allows it): nothing to trim
             return w, tuple(tuple(p) for p in pads)
         taps.append((max(0, lo - s * (out - 1)), min(k - 1, lo + n - 1)))
     new_pads = []
