@@ -39,10 +39,15 @@ class InceptionV4Stem(nn.Module):
             [max_pool_3x3_s2(x), conv_sequence(x, train, cfg, "Mixed_3a_branch1", [(96, 3, 2, V)])], axis=-1
         )
         x = jnp.concatenate(  # Mixed_4a: 71x71x192
-            [
-                conv_sequence(x, train, cfg, "Mixed_4a_branch0", [(64, 1), (96, 3, 1, V)]),
-                conv_sequence(x, train, cfg, "Mixed_4a_branch1", [(64, 1), (64, (1, 7)), (64, (7, 1)), (96, 3, 1, V)]),
-            ],
+            conv_branches(
+                x,
+                train,
+                cfg,
+                [
+                    ("Mixed_4a_branch0", [(64, 1), (96, 3, 1, V)]),
+                    ("Mixed_4a_branch1", [(64, 1), (64, (1, 7)), (64, (7, 1)), (96, 3, 1, V)]),
+                ],
+            ),
             axis=-1,
         )
         return jnp.concatenate(  # Mixed_5a: 35x35x384
