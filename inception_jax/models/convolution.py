@@ -11,6 +11,11 @@ is slow. Same parameters, same results (to float rounding), gradients included.
 - Kernel taps that meet only padding (a kernel wider than its map: the 1x7s on the 3x3 maps and the 1x3s on the
   1x1 maps of a 75x75 input) are dropped, exactly: at batch 32, 75x75, Inception-v4's three Inception-C blocks
   (forward and both gradients) took 32 instead of 152 ms, its seven Inception-B blocks 152-155 instead of 182-190.
+- The convolutions XLA runs itself (neither 1x1 nor Winograd: e.g. the stems', the strided ones, the 3x3s on 32
+  channels) read a stored input (`fusion_barrier.stored_input`): XLA transposes it for the weight gradient and
+  otherwise recomputed BatchNorm + ReLU inside that transpose. The transposes of a v4 train step at batch 8, 299x299
+  took 171-261 ms of its profiled op time without, 88-155 ms with (XLA's profile, 5 steps in each of two processes
+  each way).
 - Wide 1xk and kx1 convolutions (the factorised 7x7s of the 17x17 blocks, the 1x3/3x1 of the 8x8 blocks) run as
   one-dimensional Winograd convolutions, the 3x3 convolutions of the 35x35 blocks as two-dimensional ones
   (`winograd.py`), on the CPU only and in float32 only.
@@ -27,6 +32,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from inception_jax.models import winograd
+from inception_jax.models.fusion_barrier import stored_input
 
 _NHWC = ("NHWC", "HWIO", "NHWC")
 
@@ -58,8 +64,6 @@ def conv_general_dilated(
         rhs, padding = trim_padding_taps(lhs.shape[1:3], rhs, strides, padding)
         if rhs.shape[:2] == (1, 1) and strides == (1, 1) and padding == ((0, 0), (0, 0)):
             return pointwise(lhs, rhs[0, 0], precision)
-        if strides != (1, 1):
-            return strided_conv(lhs, rhs, strides, padding, precision)
         if winograd.applies(lhs.shape, rhs.shape, strides, padding, lhs.dtype):
             direct = functools.partial(lax.conv_general_dilated, window_strides=strides, padding=padding,
                                        dimension_numbers=_NHWC, precision=precision)  # fmt: skip
@@ -69,6 +73,10 @@ def conv_general_dilated(
 
             # GPUs and TPUs have convolution libraries that beat this decomposition: only the CPU takes it.
             return lax.platform_dependent(lhs, rhs, cpu=fast, default=direct)
+        # XLA's own convolution from here on: its weight gradient transposes the input, which must be a stored array.
+        lhs = stored_input(lhs)
+        if strides != (1, 1):
+            return strided_conv(lhs, rhs, strides, padding, precision)
     return lax.conv_general_dilated(
         lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
         dimension_numbers=dimension_numbers, feature_group_count=feature_group_count, precision=precision,
