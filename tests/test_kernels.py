@@ -327,11 +327,14 @@ def test_xla_convolutions_transpose_a_stored_input(strides):
     x, w = random((2, 20, 20, 8), 1), random((3, 3, 8, 16), 2)
     scale, shift = random((8,), 3), random((8,), 4)
 
-    def transposes_recomputing_relu(conv) -> list[str]:
+    def gradient(conv):  # of the kernel, the scale and the shift
         def loss(w, scale, shift):
             return jnp.sum(conv(jnp.maximum(x * scale + shift, 0.0), w, strides, "SAME", dimension_numbers=NHWC) ** 2)
 
-        hlo = jax.jit(jax.grad(loss, argnums=(0, 1, 2))).lower(w, scale, shift).compile().as_text()
+        return jax.jit(jax.grad(loss, argnums=(0, 1, 2)))
+
+    def transposes_recomputing_relu(conv) -> list[str]:
+        hlo = gradient(conv).lower(w, scale, shift).compile().as_text()
         bodies = {m.group(1): m.group(2) for m in re.finditer(r"\n%(\S+) \(.*?\{\n(.*?)\n\}", hlo, re.S)}
         fusions = re.findall(r"%(\S*transpose\S*) = .*? fusion\(.*?calls=%([\w.\-]+)", hlo)
         return [name for name, body in fusions if "maximum(" in bodies.get(body, "")]
@@ -339,12 +342,8 @@ def test_xla_convolutions_transpose_a_stored_input(strides):
     if not transposes_recomputing_relu(lax.conv_general_dilated):
         pytest.skip("this XLA no longer fuses the producer into the weight gradient's transpose")
     assert transposes_recomputing_relu(convolution.conv_general_dilated) == []
-
-    def loss(conv, w, scale, shift):
-        return jnp.sum(conv(jnp.maximum(x * scale + shift, 0.0), w, strides, "SAME", dimension_numbers=NHWC) ** 2)
-
-    grads = jax.grad(lambda *a: loss(convolution.conv_general_dilated, *a), argnums=(0, 1, 2))(w, scale, shift)
-    grads_ref = jax.grad(lambda *a: loss(lax.conv_general_dilated, *a), argnums=(0, 1, 2))(w, scale, shift)
+    grads = gradient(convolution.conv_general_dilated)(w, scale, shift)
+    grads_ref = gradient(lax.conv_general_dilated)(w, scale, shift)
     for leaf, leaf_ref in zip(grads, grads_ref, strict=True):
         assert relative_error(leaf, leaf_ref) < 1e-5
 
