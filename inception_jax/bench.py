@@ -3,6 +3,7 @@
     python -m inception_jax.bench --model inception_v4 --batch 8 --image-size 299 --mode infer --vs-timm
     python -m inception_jax.bench --all --vs-timm --json bench.jsonl
     python -m inception_jax.bench --all --vs-timm --rounds 3   # interleaved processes, medians over rounds
+    python -m inception_jax.bench --report bench.jsonl [older.jsonl ...]   # tables from saved results, no timing
 
 Reports compile time, steady-state images/s (median of timed runs after warm-up, each ending in
 `block_until_ready`), peak memory (the device's where the backend reports it, else the host's peak RSS),
@@ -338,6 +339,67 @@ def ratios_by_round(results: list[Result]) -> dict[tuple, list[float]]:
     return out
 
 
+def format_round_ratios(results: list[Result]) -> str:
+    return "\n".join(
+        f"{name} {mode} b{batch}@{size}: ours / best timm by round " + ", ".join(f"{q:.2f}x" for q in ratios)
+        for (name, mode, batch, size), ratios in ratios_by_round(results).items()
+    )
+
+
+def load_results(path: str) -> list[Result]:
+    """The results a run appended to a `--json` file. Files written before rounds were recorded hold several runs
+    of the same settings one after another: a setting's k-th measurement of an implementation is its round k."""
+    fields = {f.name for f in dataclasses.fields(Result)}
+    results: list[Result] = []
+    seen: dict[tuple, int] = {}
+    with open(path) as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                result = Result(**{k: v for k, v in row.items() if k in fields})
+            except (json.JSONDecodeError, TypeError) as e:
+                raise ValueError(f"{path}:{number} is not a benchmark result written by --json ({e})") from e
+            if "round" not in row:
+                key = (result.impl, *_setting(result), result.dtype, result.remat)
+                result.round = seen.get(key, 0)
+                seen[key] = result.round + 1
+            results.append(result)
+    rounds = 1 + max((r.round for r in results), default=0)
+    return [dataclasses.replace(r, rounds=max(r.rounds, rounds)) for r in results]
+
+
+def ratio_history(files: dict[str, list[Result]]) -> str:
+    """One row per results file: ours / the best timm mode for each setting of the matrix (medians over rounds
+    when a file holds several), in the order given."""
+    settings = [s for s in MATRIX if any(_setting(r) == s for rows in files.values() for r in rows)]
+    settings += sorted({_setting(r) for rows in files.values() for r in rows} - set(settings))
+    short = {"inception_v4": "v4", "inception_resnet_v2": "IR-v2"}
+    names = [f"{short.get(m, m)} {mode} b{b}@{size}" for m, mode, b, size in settings]
+    lines = ["| results | " + " | ".join(names) + " |", "|" + "---|" * (len(names) + 1)]
+    for name, rows in files.items():
+        summary = summarise(rows)
+        best = _best_timm(summary, _setting)
+        ours = {_setting(r): r.images_per_s for r in summary if r.impl == "ours"}
+        cells = [f"{ours[s] / best[s]:.2f}x" if s in ours and s in best else "—" for s in settings]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def report(paths: list[str]) -> int:
+    """Prints the tables of saved results: one file's table (and per-round ratios), or the ratio history of several."""
+    files = {os.path.basename(p): load_results(p) for p in paths}
+    if len(files) == 1:
+        results = next(iter(files.values()))
+        print(format_table(summarise(results)))
+        if results and results[0].rounds > 1:
+            print(format_round_ratios(results))
+    else:
+        print(ratio_history(files))
+    return 0
+
+
 def run_job(job: dict) -> Result:
     """One measurement, in this process."""
     if job["impl"] == "ours":
@@ -395,11 +457,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--memory-gib", type=float, help="memory budget for --max-batch")
     parser.add_argument("--batch-step", type=int, default=8, help="resolution of --max-batch's search")
     parser.add_argument("--json", help="append results as JSON lines to this file")
+    parser.add_argument(
+        "--report", nargs="+", metavar="FILE",
+        help="time nothing: print the table of results saved with --json (one file), or ours / best timm per setting "
+        "for each of several files",
+    )  # fmt: skip
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
         print(json.dumps(dataclasses.asdict(run_job(json.loads(args.worker)))))
         return 0
+    if args.report:
+        missing = [p for p in args.report if not os.path.isfile(p)]
+        if missing:
+            parser.error(f"--report: no such file: {', '.join(missing)}")
+        try:
+            return report(args.report)
+        except ValueError as e:
+            parser.error(str(e))
     if args.batch < 1 or args.image_size < models.MIN_INPUT_SIZE:
         parser.error(f"--batch must be >= 1 and --image-size >= {models.MIN_INPUT_SIZE}")
     if args.rounds < 1 or args.warmup < 0 or args.repeats < 1:
@@ -434,8 +509,7 @@ def main(argv: list[str] | None = None) -> int:
           f"GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '')!r} (ours)")  # fmt: skip
     print(format_table(summarise(results)))
     if args.rounds > 1:
-        for (name, mode, batch, size), ratios in ratios_by_round(results).items():
-            print(f"{name} {mode} b{batch}@{size}: ours / best timm by round " + ", ".join(f"{q:.2f}x" for q in ratios))
+        print(format_round_ratios(results))
     return 0
 
 

@@ -247,3 +247,66 @@ def test_bad_repetition_counts_are_refused(flag, capsys):
     with pytest.raises(SystemExit):
         bench.main(["--model", "inception_v4", *flag])
     assert "must be >= 1" in capsys.readouterr().err
+
+
+def _write_rows(path, rows):
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+
+
+def _row(impl, model, ms, **extra):
+    return dict(impl=impl, model=model, mode="train", batch=8, image_size=299, dtype="float32",
+                images_per_s=8 / ms * 1e3, step_ms=ms, **extra)  # fmt: skip
+
+
+def test_report_reads_runs_saved_before_rounds_were_recorded(tmp_path, capsys):
+    # Two runs in one file, written before the `round` field existed: ours 1000 then 1400 ms, timm 1200 then 1000.
+    old = tmp_path / "old.jsonl"
+    _write_rows(old, [_row("ours", "inception_v4", 1000.0), _row("timm", "inception_v4", 1200.0),
+                      _row("ours", "inception_v4", 1400.0), _row("timm", "inception_v4", 1000.0)])  # fmt: skip
+    loaded = bench.load_results(str(old))
+    assert [(r.impl, r.round, r.rounds) for r in loaded] == [("ours", 0, 2), ("timm", 0, 2), ("ours", 1, 2),
+                                                             ("timm", 1, 2)]  # fmt: skip
+    assert bench.main(["--report", str(old)]) == 0
+    printed = capsys.readouterr().out
+    # Medians over the two runs: ours 1200 ms, timm 1100 ms; by round 1.20x and 0.71x.
+    ours = next(line for line in printed.splitlines() if line.startswith("| ours"))
+    assert "| 1200 |" in ours and ours.rstrip().endswith("| 0.92x |")
+    assert "inception_v4 train b8@299: ours / best timm by round 1.20x, 0.71x" in printed
+
+
+def test_report_of_several_files_gives_one_ratio_row_per_file(tmp_path, capsys):
+    first, second = tmp_path / "first.jsonl", tmp_path / "second.jsonl"
+    _write_rows(first, [_row("ours", "inception_v4", 1000.0), _row("timm-channels_last", "inception_v4", 800.0),
+                        _row("timm", "inception_v4", 1500.0)])  # fmt: skip
+    _write_rows(second, [_row("ours", "inception_resnet_v2", 500.0, round=0, rounds=1),
+                         _row("timm", "inception_resnet_v2", 1000.0, round=0, rounds=1)])  # fmt: skip
+    assert bench.main(["--report", str(first), str(second)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "| results | v4 train b8@299 | IR-v2 train b8@299 |"
+    assert lines[2:] == ["| first.jsonl | 0.80x | — |", "| second.jsonl | — | 2.00x |"]
+
+
+def test_report_refuses_missing_and_foreign_files(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        bench.main(["--report", str(tmp_path / "nope.jsonl")])
+    assert "no such file" in capsys.readouterr().err
+    foreign = tmp_path / "metrics.jsonl"
+    foreign.write_text(json.dumps(_row("ours", "inception_v4", 1000.0)) + "\n" + json.dumps({"step": 3}) + "\n")
+    with pytest.raises(SystemExit):
+        bench.main(["--report", str(foreign)])
+    assert "metrics.jsonl:2 is not a benchmark result" in capsys.readouterr().err
+
+
+def test_readme_ratio_history_is_the_saved_results():
+    # The README's table of ratios, regenerated from the committed result files it names.
+    readme = (ROOT / "README.md").read_text().splitlines()
+    start = readme.index(next(line for line in readme if line.startswith("| results | v4 train b8@299")))
+    rows = []
+    for line in readme[start + 2:]:
+        if not line.startswith("| bench_"):
+            break
+        rows.append(line)
+    assert len(rows) >= 10
+    results = ROOT / "experiments" / "results"
+    files = {row.split(" | ")[0][2:]: bench.load_results(str(results / row.split(" | ")[0][2:])) for row in rows}
+    assert bench.ratio_history(files).splitlines()[2:] == rows
