@@ -427,7 +427,7 @@ def run_isolated(job: dict) -> Result:
     return Result(**json.loads(out.stdout.strip().splitlines()[-1]))
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m inception_jax.bench", description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="inception_v4", choices=models.MODEL_NAMES)
     parser.add_argument("--batch", type=int, default=8)
@@ -463,6 +463,11 @@ def main(argv: list[str] | None = None) -> int:
         "for each of several files",
     )  # fmt: skip
     parser.add_argument("--worker", help=argparse.SUPPRESS)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.worker:
         print(json.dumps(dataclasses.asdict(run_job(json.loads(args.worker)))))

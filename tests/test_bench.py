@@ -310,3 +310,40 @@ def test_readme_ratio_history_is_the_saved_results():
     results = ROOT / "experiments" / "results"
     files = {row.split(" | ")[0][2:]: bench.load_results(str(results / row.split(" | ")[0][2:])) for row in rows}
     assert bench.ratio_history(files).splitlines()[2:] == rows
+
+
+def test_gpu_script_asks_the_benchmark_for_what_it_accepts():
+    # The GPU script runs unattended on a lent machine: its bench command lines must parse (a typo there would cost
+    # the whole device session), with the settings the issue asks for.
+    script = (ROOT / "experiments" / "gpu_benchmark.sh").read_text().replace("\\\n", " ")
+    commands = [line.split("python -m inception_jax.bench", 1)[1] for line in script.splitlines()
+                if "python -m inception_jax.bench" in line]  # fmt: skip
+    words = lambda command: [w.replace("$model", "inception_v4").replace("$out", "o")
+                             for w in command.replace('"', "").split() if not w.startswith("${")]  # fmt: skip
+    parsed = [bench.build_parser().parse_args(words(command)) for command in commands]
+    assert len(parsed) == 2
+    assert all((args.image_size, args.dtype, args.batch) == (299, "bfloat16", 128) for args in parsed)
+    timed, max_batch = parsed
+    assert timed.mode == "train" and timed.vs_timm and timed.timm_amp and timed.json and not timed.max_batch
+    assert max_batch.max_batch
+
+
+@pytest.mark.parity
+def test_benchmark_in_bfloat16_beside_timm_amp(timm_and_torch, monkeypatch, tmp_path):
+    # What the GPU script asks for, shrunk to the CPU: timm runs for real in float32 and under bfloat16 autocast;
+    # ours is stood in for (its bfloat16 train step is tested in test_training; compiling it here takes a minute).
+    def run(job):
+        if job["impl"] == "ours":
+            return bench.Result("ours", job["model"], job["mode"], job["batch"], job["size"], job["dtype"], 1.0, 1.0)
+        return bench.run_job(job)
+
+    monkeypatch.setattr(bench, "run_isolated", run)
+    out = tmp_path / "bench.jsonl"
+    argv = ["--model", "inception_v3", "--batch", "2", "--image-size", "75", "--mode", "train", "--dtype", "bfloat16",
+            "--vs-timm", "--timm-amp", "--warmup", "0", "--repeats", "1", "--json", str(out)]  # fmt: skip
+    assert bench.main(argv) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [(r["impl"], r["dtype"]) for r in rows] == [("ours", "bfloat16"), ("timm", "float32"),
+                                                       ("timm-channels_last", "float32"),
+                                                       ("timm-channels_last-amp", "bfloat16")]  # fmt: skip
+    assert all(r["images_per_s"] > 0 and r["step_ms"] > 0 for r in rows)
