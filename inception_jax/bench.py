@@ -340,6 +340,7 @@ def ratios_by_round(results: list[Result]) -> dict[tuple, list[float]]:
 
 
 def format_round_ratios(results: list[Result]) -> str:
+    """One line per setting: ours / the best timm mode in each round, the spread a median over rounds hides."""
     return "\n".join(
         f"{name} {mode} b{batch}@{size}: ours / best timm by round " + ", ".join(f"{q:.2f}x" for q in ratios)
         for (name, mode, batch, size), ratios in ratios_by_round(results).items()
@@ -359,14 +360,16 @@ def load_results(path: str) -> list[Result]:
             try:
                 row = json.loads(line)
                 result = Result(**{k: v for k, v in row.items() if k in fields})
-            except (json.JSONDecodeError, TypeError) as e:
+            except (json.JSONDecodeError, TypeError, AttributeError) as e:
                 raise ValueError(f"{path}:{number} is not a benchmark result written by --json ({e})") from e
             if "round" not in row:
                 key = (result.impl, *_setting(result), result.dtype, result.remat)
                 result.round = seen.get(key, 0)
                 seen[key] = result.round + 1
             results.append(result)
-    rounds = 1 + max((r.round for r in results), default=0)
+    if not results:
+        raise ValueError(f"{path} holds no benchmark results")
+    rounds = 1 + max(r.round for r in results)
     return [dataclasses.replace(r, rounds=max(r.rounds, rounds)) for r in results]
 
 
@@ -389,7 +392,7 @@ def ratio_history(files: dict[str, list[Result]]) -> str:
 
 def report(paths: list[str]) -> int:
     """Prints the tables of saved results: one file's table (and per-round ratios), or the ratio history of several."""
-    files = {os.path.basename(p): load_results(p) for p in paths}
+    files = {path: load_results(path) for path in paths}
     if len(files) == 1:
         results = next(iter(files.values()))
         print(format_table(summarise(results)))

@@ -283,7 +283,7 @@ def test_report_of_several_files_gives_one_ratio_row_per_file(tmp_path, capsys):
     assert bench.main(["--report", str(first), str(second)]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == "| results | v4 train b8@299 | IR-v2 train b8@299 |"
-    assert lines[2:] == ["| first.jsonl | 0.80x | — |", "| second.jsonl | — | 2.00x |"]
+    assert lines[2:] == [f"| {first} | 0.80x | — |", f"| {second} | — | 2.00x |"]
 
 
 def test_report_refuses_missing_and_foreign_files(tmp_path, capsys):
@@ -295,6 +295,11 @@ def test_report_refuses_missing_and_foreign_files(tmp_path, capsys):
     with pytest.raises(SystemExit):
         bench.main(["--report", str(foreign)])
     assert "metrics.jsonl:2 is not a benchmark result" in capsys.readouterr().err
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n")
+    with pytest.raises(SystemExit):
+        bench.main(["--report", str(empty)])
+    assert "holds no benchmark results" in capsys.readouterr().err
 
 
 def test_readme_ratio_history_is_the_saved_results():
