@@ -396,7 +396,7 @@ def report(paths: list[str]) -> int:
     if len(files) == 1:
         results = next(iter(files.values()))
         print(format_table(summarise(results)))
-        if results and results[0].rounds > 1:
+        if results[0].rounds > 1:
             print(format_round_ratios(results))
     else:
         print(ratio_history(files))
