@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from runs import fmt, launch, main_command, read_run  # noqa: E402
+from runs import fmt, launch, main_command, read_run, report_failures  # noqa: E402
 
 PAIRS = {
     "v3": ("inception_v3", "inception_resnet_v1"),  # Figs. 21-22: similar cost
@@ -100,11 +100,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--config {args.config} does not exist")
     names = [name for pair in pairs for name in PAIRS[pair]]
     commands = [main_command(args.config, args.workdir / n, [f"--config.model.name={n}", *extra]) for n in names]
-    if not args.summarize_only:
-        launch(commands, args.dry_run, args.workdir / "logs")
+    failed = [] if args.summarize_only else launch(commands, args.dry_run, args.workdir / "logs")
     if not args.dry_run:
         print(summarize(args.workdir, pairs))
-    return 0
+    return report_failures(failed, len(commands))
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from runs import fmt, launch, main_command, read_run  # noqa: E402
+from runs import fmt, launch, load_config, main_command, read_run, report_failures  # noqa: E402
 
 RESIDUAL_MODELS = ("inception_resnet_v1", "inception_resnet_v2")
 
@@ -113,13 +113,17 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments {bad}: only --config.<field>=<value> overrides pass through")
     if not Path(args.config).is_file():
         parser.error(f"--config {args.config} does not exist")
-    if not args.summarize_only:
-        launch(commands(args, extra), args.dry_run, args.workdir / "logs")
+    if "residual_scales" not in load_config(args.config).model:
+        # Overrides cannot add fields: every run would fail on --config.model.residual_scales.
+        parser.error(f"--config {args.config} has no model.residual_scales to sweep: start from a residual network's "
+                     "config (configs/quickstart.py, configs/inception_resnet_v2.py) or set "
+                     "config.model.residual_scales in it")  # fmt: skip
+    failed = [] if args.summarize_only else launch(commands(args, extra), args.dry_run, args.workdir / "logs")
     if args.dry_run:
         return 0
     summarize(args.workdir, args.scales)
     print((args.workdir / "sweep.md").read_text())
-    return 0
+    return report_failures(failed, len(args.scales))
 
 
 if __name__ == "__main__":

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import shlex
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 DEAD_THRESHOLD = 0.99  # a net whose last feature map is >= 99% exact zeros has "died" (paper §3.3)
 
@@ -17,9 +19,11 @@ def main_command(config: str, workdir: Path, overrides: list[str]) -> list[str]:
     return [sys.executable, "-m", "inception_jax.main", f"--config={config}", f"--workdir={workdir}", *overrides]
 
 
-def launch(commands: list[list[str]], dry_run: bool, log_dir: Path) -> None:
+def launch(commands: list[list[str]], dry_run: bool, log_dir: Path) -> list[Path]:
     """Runs the commands one after another (here), or prints them (to submit as separate jobs on a cluster).
-    A run that fails is reported and the others go on; rerunning resumes each from its checkpoints."""
+    A run that fails is reported and the others go on; rerunning resumes each from its checkpoints. Returns the
+    logs of the runs that failed."""
+    failed = []
     for command in commands:
         text = shlex.join(command)
         if dry_run:
@@ -28,10 +32,29 @@ def launch(commands: list[list[str]], dry_run: bool, log_dir: Path) -> None:
         print(f"$ {text}", flush=True)
         log_dir.mkdir(parents=True, exist_ok=True)
         workdir = next(c.split("=", 1)[1] for c in command if c.startswith("--workdir="))
-        with open(log_dir / f"{Path(workdir).name}.log", "a") as log:
+        log_path = log_dir / f"{Path(workdir).name}.log"
+        with open(log_path, "a") as log:
             code = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT).returncode
         if code:
-            print(f"  exited with {code}; see {log.name}", flush=True)
+            print(f"  exited with {code}; see {log_path}", flush=True)
+            failed.append(log_path)
+    return failed
+
+
+def report_failures(failed: list[Path], total: int) -> int:
+    """The exit code of a script that launched `total` runs: 1, with the failed runs' logs named, if any failed."""
+    if not failed:
+        return 0
+    print(f"{len(failed)} of {total} runs failed; their logs: {', '.join(map(str, failed))}", file=sys.stderr)
+    return 1
+
+
+def load_config(path: str) -> Any:
+    """The ConfigDict that the config file at `path` returns from `get_config()`."""
+    spec = importlib.util.spec_from_file_location("experiment_config", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
 
 
 def read_run(workdir: Path) -> dict:

@@ -1,6 +1,7 @@
 """The experiment scripts: the residual-scale sweep launcher and the pure-vs-residual summary."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -19,15 +20,18 @@ import runs  # noqa: E402
 def test_sweep_runs_one_workdir_per_scale_with_its_overrides(tmp_path):
     command = [
         sys.executable, str(ROOT / "experiments" / "residual_scale_sweep.py"), "--scales", "0.1,1.0",
-        "--config", str(ROOT / "configs" / "quickstart.py"), "--workdir", str(tmp_path),
+        "--model", "inception_resnet_v1", "--config", str(ROOT / "tests" / "tiny_config.py"),
+        "--workdir", str(tmp_path),
         "--config.num_train_steps=2", "--config.eval_every_steps=2", "--config.checkpoint_every_steps=2",
         "--config.log_every_steps=1", "--config.model.num_blocks=(1,1,1)",
     ]  # fmt: skip
-    subprocess.run(command, check=True, cwd=ROOT, capture_output=True, text=True)
+    # One device: the sweep's runs are not about sharding, and 8 compile slower.
+    env = dict(os.environ, XLA_FLAGS=os.environ["XLA_FLAGS"].replace("--xla_force_host_platform_device_count=8", ""))
+    subprocess.run(command, check=True, cwd=ROOT, capture_output=True, text=True, env=env)  # a failed run exits 1
     for scale in (0.1, 1.0):
         workdir = tmp_path / f"scale_{scale:g}"
         config = json.loads((workdir / "config.json").read_text())
-        assert config["model"]["name"] == "inception_resnet_v2"
+        assert config["model"]["name"] == "inception_resnet_v1"
         assert config["model"]["residual_scales"] == [scale] * 3
         run = runs.read_run(workdir)
         assert [r["step"] for r in run["train"]] == [1, 2] and len(run["eval"]) == 1
@@ -40,12 +44,29 @@ def test_sweep_runs_one_workdir_per_scale_with_its_overrides(tmp_path):
     # experiments/evaluate.py on a checkpoint reproduces the run's own final evaluation, and writes JSON beside it.
     workdir = tmp_path / "scale_0.1"
     evaluate = [sys.executable, str(ROOT / "experiments" / "evaluate.py"), "--workdir", str(workdir), "--batch", "40"]
-    subprocess.run(evaluate, check=True, cwd=ROOT, capture_output=True, text=True)
+    subprocess.run(evaluate, check=True, cwd=ROOT, capture_output=True, text=True, env=env)
     result = json.loads((workdir / "eval_digits_test_1crop.json").read_text())
     final = runs.read_run(workdir)
-    assert result["num_examples"] == 360 and result["crops"] == 1 and result["model"] == "inception_resnet_v2"
+    assert result["num_examples"] == 360 and result["crops"] == 1 and result["model"] == "inception_resnet_v1"
     assert result["top1_error"] == pytest.approx(100 - final["final_top1"])
     assert result["top5_error"] == pytest.approx(100 - final["final_top5"])
+
+
+def test_sweep_refuses_a_config_without_residual_scales(capsys, tmp_path):
+    with pytest.raises(SystemExit):
+        residual_scale_sweep.main(["--scales", "0.1", "--workdir", str(tmp_path),
+                                   "--config", str(ROOT / "configs" / "pure_vs_residual.py")])  # fmt: skip
+    assert "has no model.residual_scales" in capsys.readouterr().err
+    assert not (tmp_path / "logs").exists()
+
+
+def test_launch_reports_failed_runs_and_goes_on(tmp_path, capsys):
+    fail = [sys.executable, "-c", "import sys; sys.exit(3)", f"--workdir={tmp_path / 'a'}"]
+    succeed = [sys.executable, "-c", "pass", f"--workdir={tmp_path / 'b'}"]
+    failed = runs.launch([fail, succeed], dry_run=False, log_dir=tmp_path / "logs")
+    assert failed == [tmp_path / "logs" / "a.log"] and (tmp_path / "logs" / "b.log").exists()
+    assert runs.report_failures(failed, 2) == 1 and runs.report_failures([], 2) == 0
+    assert "1 of 2 runs failed" in capsys.readouterr().err
 
 
 def test_sweep_dry_run_prints_one_command_per_scale(capsys, tmp_path):

@@ -9,6 +9,7 @@ def get_config():
     config.model.name = "inception_resnet_v1"
     config.model.depth_multiplier = 0.1
     config.model.min_depth = 8
+    config.model.residual_scales = (0.17, 0.10, 0.20)
     config.model.num_blocks = (1, 1, 1)
     config.model.aux_logits = True
     config.model.bn_momentum = 0.9
