@@ -17,7 +17,9 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from runs import fmt, launch, load_config, main_command, read_run, report_failures  # noqa: E402
+from runs import fmt, launch, main_command, read_run, report_failures  # noqa: E402
+
+from inception_jax.training.config import load_config_file  # noqa: E402
 
 RESIDUAL_MODELS = ("inception_resnet_v1", "inception_resnet_v2")
 
@@ -113,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments {bad}: only --config.<field>=<value> overrides pass through")
     if not Path(args.config).is_file():
         parser.error(f"--config {args.config} does not exist")
-    if "residual_scales" not in load_config(args.config).model:
+    if "residual_scales" not in load_config_file(args.config).model:
         # Overrides cannot add fields: every run would fail on --config.model.residual_scales.
         parser.error(f"--config {args.config} has no model.residual_scales to sweep: start from a residual network's "
                      "config (configs/quickstart.py, configs/inception_resnet_v2.py) or set "

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import shlex
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 DEAD_THRESHOLD = 0.99  # a net whose last feature map is >= 99% exact zeros has "died" (paper §3.3)
 
@@ -47,14 +45,6 @@ def report_failures(failed: list[Path], total: int) -> int:
         return 0
     print(f"{len(failed)} of {total} runs failed; their logs: {', '.join(map(str, failed))}", file=sys.stderr)
     return 1
-
-
-def load_config(path: str) -> Any:
-    """The ConfigDict that the config file at `path` returns from `get_config()`."""
-    spec = importlib.util.spec_from_file_location("experiment_config", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
 
 
 def read_run(workdir: Path) -> dict:

@@ -40,15 +40,10 @@ def _config_path(argv: list[str]) -> str:
 
 def _exit_on_unknown_override(error: Exception, argv: list[str]) -> None:
     """config_flags reports `--config.<unknown>=...` as a bare KeyError/AttributeError traceback; name the field."""
-    import importlib.util
-
     import ml_collections
 
     try:
-        spec = importlib.util.spec_from_file_location("experiment_config", _config_path(argv))
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        config = module.get_config()
+        config = config_lib.load_config_file(_config_path(argv))
     except Exception:  # the config file itself is broken: show the original error
         raise error from None
     for arg in argv:

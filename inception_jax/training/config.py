@@ -13,6 +13,16 @@ BN_STATISTICS = ("global", "per_device")
 EVAL_CHECKPOINTS = ("latest", "best")
 
 
+def load_config_file(path: str) -> ml_collections.ConfigDict:
+    """The config that the file at `path` (a configs/*.py module) returns from `get_config()`."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("experiment_config", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
 def default_config() -> ml_collections.ConfigDict:
     """The paper's recipe (design.md §2) for Inception-v3 on ImageNet at 299x299; experiments override fields."""
     c = ml_collections.ConfigDict()
