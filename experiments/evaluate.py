@@ -34,14 +34,14 @@ def load_workdir(workdir: Path, which: str, ema: bool) -> tuple[multicrop.Member
     if not config_path.is_file():
         raise FileNotFoundError(f"{workdir} has no config.json: not a workdir of python -m inception_jax.main")
     config = ml_collections.ConfigDict(json.loads(config_path.read_text()))
-    setup = loop.Experiment(config)
+    experiment = loop.Experiment(config)
     checkpointer = checkpoints.Checkpointer(str(workdir / "checkpoints"), keep=config.keep_checkpoints)
     step = checkpointer.best_step() if which == "best" else checkpointer.latest_step()
     if step is None:
         raise FileNotFoundError(f"no {which} checkpoint in {workdir / 'checkpoints'}")
-    state, _ = checkpointer.restore(setup.abstract_state, step)
+    state, _ = checkpointer.restore(experiment.abstract_state, step)
     checkpointer.close()
-    return (setup.model, state.variables(ema=ema and config.ema_decay > 0)), config, step
+    return (experiment.model, state.variables(ema=ema and config.ema_decay > 0)), config, step
 
 
 def parse_crops(text: str) -> list[int]:

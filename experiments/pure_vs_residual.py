@@ -15,8 +15,7 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from runs import fmt, launch, main_command, read_run, report_failures  # noqa: E402
+from inception_jax.launch import fmt, launch, main_command, read_run, report_failures
 
 PAIRS = {
     "v3": ("inception_v3", "inception_resnet_v1"),  # Figs. 21-22: similar cost

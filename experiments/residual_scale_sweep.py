@@ -16,10 +16,8 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from runs import fmt, launch, main_command, read_run, report_failures  # noqa: E402
-
-from inception_jax.training.config import load_config_file  # noqa: E402
+from inception_jax.launch import fmt, launch, main_command, read_run, report_failures
+from inception_jax.training.config import load_config_file
 
 RESIDUAL_MODELS = ("inception_resnet_v1", "inception_resnet_v2")
 

@@ -1,5 +1,6 @@
 """The experiment scripts: the residual-scale sweep launcher and the pure-vs-residual summary."""
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -8,12 +9,21 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "experiments"))
+from inception_jax import launch as runs
 
-import pure_vs_residual  # noqa: E402
-import residual_scale_sweep  # noqa: E402
-import runs  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load_script(name: str):
+    """An experiment script as a module (the scripts are run by path, not installed)."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "experiments" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+pure_vs_residual = _load_script("pure_vs_residual")
+residual_scale_sweep = _load_script("residual_scale_sweep")
 
 
 @pytest.mark.slow

@@ -17,7 +17,7 @@ NETWORKS = [
 ]
 IDS = ["v3", "v4", "irv1", "irv2", "irv2-paper"]
 
-# design.md, "Reference parameter counts" (1000 classes): PyTorch-style counts BN gamma, slim-style does not.
+# Published counts (1000 classes): timm's models (PyTorch-style, BN gamma counted) and TF-slim/Keras's (no gamma).
 PUBLISHED = {
     ("inception_v3", "released"): {"torch": 23_834_568, "slim": 23_817_352, "torch_aux": 27_161_264},
     ("inception_v4", "released"): {"torch": 42_679_816, "slim": 42_648_232, "torch_aux": 46_039_280},

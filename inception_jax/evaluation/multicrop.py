@@ -11,6 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from inception_jax.accuracy import topk_counts
+
 Member = tuple[nn.Module, dict]  # (model, variables)
 
 
@@ -29,15 +31,6 @@ def crop_log_probabilities(model: nn.Module, variables: dict, views: jax.Array) 
 
     total, _ = jax.lax.scan(add_view, log_softmax(views[:, 0]), jnp.moveaxis(views[:, 1:], 1, 0))
     return total - jnp.log(views.shape[1])
-
-
-def topk_counts(scores: jax.Array, labels: jax.Array, mask: jax.Array) -> dict[str, jax.Array]:
-    """Masked counts of top-1 and top-5 hits (by score: probabilities or their logs), and of real examples."""
-    top5 = jax.lax.top_k(scores, min(5, scores.shape[-1]))[1]
-    hit1 = top5[:, 0] == labels
-    hit5 = jnp.any(top5 == labels[:, None], axis=-1)
-    mask = mask.astype(jnp.int32)
-    return {"top1": jnp.sum(hit1 * mask), "top5": jnp.sum(hit5 * mask), "count": jnp.sum(mask)}
 
 
 def make_eval_step(members: Sequence[Member]) -> Callable[[list[dict], dict], dict]:

@@ -25,13 +25,18 @@ MODEL_NAMES = tuple(REGISTRY)
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
+def check_name(name: str) -> None:
+    """Raises ValueError unless `name` is one of the four networks."""
+    if name not in REGISTRY:
+        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}")
+
+
 def create(name: str, **overrides: Any) -> InceptionNet:
     """Builds a network by name; `overrides` set its fields (num_classes, residual_scales, dtype, ...).
 
     `dtype` may be a string ("float32", "bfloat16"). Unknown names or fields and bad values raise ValueError.
     """
-    if name not in REGISTRY:
-        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}")
+    check_name(name)
     cls = REGISTRY[name]
     allowed = {f.name for f in dataclasses.fields(cls) if f.init and f.name not in ("parent", "name")}
     unknown = sorted(set(overrides) - allowed)
@@ -83,6 +88,7 @@ __all__ = [
     "InceptionResNetV2",
     "InceptionV3",
     "InceptionV4",
+    "check_name",
     "count_params",
     "create",
     "dead_fraction",

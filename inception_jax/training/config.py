@@ -24,7 +24,8 @@ def load_config_file(path: str) -> ml_collections.ConfigDict:
 
 
 def default_config() -> ml_collections.ConfigDict:
-    """The paper's recipe (design.md §2) for Inception-v3 on ImageNet at 299x299; experiments override fields."""
+    """The paper's recipe (its §3.4; README, Train) for Inception-v3 on ImageNet at 299x299; experiments override
+    fields."""
     c = ml_collections.ConfigDict()
     c.mode = "train_and_evaluate"
 
@@ -124,9 +125,10 @@ def validate(
             raise ValueError(f"config field {field} {why}, got {config[field]!r}")
 
     need(config.mode in MODES, "mode", f"must be one of {MODES}")
-    if config.model.name not in models.MODEL_NAMES:
-        raise ValueError(f"config field model.name: unknown model {config.model.name!r}; "
-                         f"choose one of {', '.join(models.MODEL_NAMES)}")
+    try:
+        models.check_name(config.model.name)
+    except ValueError as error:
+        raise ValueError(f"config field model.name: {error}") from None
     need(isinstance(config.image_size, int) and config.image_size >= models.MIN_INPUT_SIZE, "image_size",
          f"must be an int >= {models.MIN_INPUT_SIZE}")
     for field, size in (("batch_size", config.batch_size), ("eval_batch_size", eval_batch_size(config))):

@@ -67,18 +67,18 @@ def _write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
             f.write(config.to_json_best_effort(indent=2, sort_keys=True))
 
 
-def evaluate_variables(setup: Experiment, config: ml_collections.ConfigDict, variables: dict) -> dict[str, float]:
+def evaluate_variables(experiment: Experiment, config: ml_collections.ConfigDict, variables: dict) -> dict[str, float]:
     """top1, top5 (fractions) and mean loss over the whole eval split; padded examples do not count."""
-    batches = data.make_iterator(config.dataset, split=setup.info.eval_split, image_size=config.image_size,
+    batches = data.make_iterator(config.dataset, split=experiment.info.eval_split, image_size=config.image_size,
                                  global_batch_size=config_lib.eval_batch_size(config), train=False, seed=config.seed)
     totals = {"loss": 0.0, "top1": 0.0, "top5": 0.0, "count": 0.0}
     for batch in batches:
-        sums = jax.device_get(setup.eval_step(variables, sharding.global_batch(batch, setup.mesh)))
+        sums = jax.device_get(experiment.eval_step(variables, sharding.global_batch(batch, experiment.mesh)))
         for key in totals:
             totals[key] += float(sums[key])
     count = totals.pop("count")
     if count == 0:
-        raise ValueError(f"the eval split {setup.info.eval_split!r} of {setup.info.name} is empty")
+        raise ValueError(f"the eval split {experiment.info.eval_split!r} of {experiment.info.name} is empty")
     return {**{k: v / count for k, v in totals.items()}, "num_examples": count}
 
 
@@ -118,35 +118,36 @@ def train_and_evaluate(
     `step_callback(step, state)` runs after every step (profilers, tests). Returns a summary: final step, eval
     metrics, throughput, whether the run was preempted.
     """
-    setup = Experiment(config, mesh)
+    experiment = Experiment(config, mesh)
     evaluate_too = config.mode == "train_and_evaluate"
-    kept = config.model.get("bn_momentum", 0.9997) ** setup.total_steps
+    kept = config.model.get("bn_momentum", 0.9997) ** experiment.total_steps
     if kept > 0.05:
         logging.warning("BN moving averages (model.bn_momentum %s) still hold %.0f%% of their initial values after "
                         "%d steps: evaluation will suffer; lower model.bn_momentum for short runs",
-                        config.model.get("bn_momentum"), 100 * kept, setup.total_steps)
+                        config.model.get("bn_momentum"), 100 * kept, experiment.total_steps)
     _write_config(config, workdir)
     checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints)
-    restored = checkpointer.restore(setup.abstract_state)
+    restored = checkpointer.restore(experiment.abstract_state)
     if restored is None:
-        state = setup.init_state(jax.random.key(config.seed))
-        logging.info("fresh start: %s, %d steps (%d per epoch)", config.model.name, setup.total_steps,
-                     setup.steps_per_epoch)
+        state = experiment.init_state(jax.random.key(config.seed))
+        logging.info("fresh start: %s, %d steps (%d per epoch)", config.model.name, experiment.total_steps,
+                     experiment.steps_per_epoch)
     else:
         state, meta = restored
         logging.info("resumed from step %d (data position %d) in %s", int(state.step), meta["data_position"],
                      checkpointer.directory)
     start = int(jax.device_get(state.step))
     writer = metrics_lib.MetricWriter(workdir)
-    bar = metrics_lib.ProgressBar(setup.total_steps, start=start)
-    summary: dict[str, Any] = {"step": start, "preempted": False, "total_steps": setup.total_steps}
+    bar = metrics_lib.ProgressBar(experiment.total_steps, start=start)
+    summary: dict[str, Any] = {"step": start, "preempted": False, "total_steps": experiment.total_steps}
 
     def meta(step: int) -> dict:
-        return {"step": step, "data_position": step, "seed": int(config.seed), "total_steps": setup.total_steps}
+        return {"step": step, "data_position": step, "seed": int(config.seed), "total_steps": experiment.total_steps}
 
     def run_eval(step: int) -> dict[str, float]:
         t0 = time.perf_counter()
-        results = evaluate_variables(setup, config, state.variables(ema=config.eval_with_ema and config.ema_decay > 0))
+        ema = config.eval_with_ema and config.ema_decay > 0
+        results = evaluate_variables(experiment, config, state.variables(ema=ema))
         results["seconds"] = time.perf_counter() - t0
         writer.write(step, "eval", results)
         bar.clear()
@@ -157,8 +158,8 @@ def train_and_evaluate(
         return results
 
     batches: Iterator = iter(())
-    if start < setup.total_steps:
-        batches = data.make_iterator(config.dataset, split=setup.info.train_split, image_size=config.image_size,
+    if start < experiment.total_steps:
+        batches = data.make_iterator(config.dataset, split=experiment.info.train_split, image_size=config.image_size,
                                      global_batch_size=config.batch_size, train=True, seed=config.seed,
                                      start_step=start)
     window = metrics_lib.TrainWindow(config.batch_size)
@@ -173,9 +174,9 @@ def train_and_evaluate(
         window.add(jax.device_get(device_metrics))
         if step == start + 1:  # the first step compiled: the rate and ETA count from here
             bar.restart(step)
-        if step % config.log_every_steps == 0 or step == setup.total_steps:
+        if step % config.log_every_steps == 0 or step == experiment.total_steps:
             record = window.flush()
-            record["epoch"] = step / setup.steps_per_epoch
+            record["epoch"] = step / experiment.steps_per_epoch
             writer.write(step, "train", record)
             speed = f" {record['images_per_sec']:.1f} img/s" if "images_per_sec" in record else ""
             bar.extra = f"loss {record['loss']:.3f} acc {record['accuracy']:.3f}{speed}"
@@ -184,15 +185,15 @@ def train_and_evaluate(
     t_start = time.perf_counter()
     step = start
     with _Preemption() as preemption:
-        while step < setup.total_steps:
-            batch = sharding.global_batch(next(batches), setup.mesh)
-            state, device_metrics = setup.train_step(state, batch)
+        while step < experiment.total_steps:
+            batch = sharding.global_batch(next(batches), experiment.mesh)
+            state, device_metrics = experiment.train_step(state, batch)
             finish_pending()
             step += 1
             pending = (step, device_metrics)
             if step_callback is not None:
                 step_callback(step, state)
-            last = step == setup.total_steps
+            last = step == experiment.total_steps
             preempted = preemption.requested or checkpointer.reached_preemption(step)
             evaluate_now = evaluate_too and (last or (config.eval_every_steps and step % config.eval_every_steps == 0))
             periodic = config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0
@@ -212,7 +213,7 @@ def train_and_evaluate(
         finish_pending()
     bar.close(step)
     checkpointer.wait()
-    if evaluate_too and start >= setup.total_steps and "eval_top1" not in summary:
+    if evaluate_too and start >= experiment.total_steps and "eval_top1" not in summary:
         run_eval(step)  # nothing left to train: report the finished run's accuracy
     writer.flush()
     summary.update(step=step, wall_seconds=time.perf_counter() - t_start, best_step=checkpointer.best_step())
@@ -232,14 +233,14 @@ def train_and_evaluate(
 def evaluate(config: ml_collections.ConfigDict, workdir: str, *, mesh: Mesh | None = None) -> dict[str, Any]:
     """Evaluates the latest (or, with eval_checkpoint="best", the best) checkpoint in `workdir` on the eval split,
     with the moving-average weights unless eval_with_ema is off."""
-    setup = Experiment(config, mesh)
+    experiment = Experiment(config, mesh)
     checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints)
     step = checkpointer.best_step() if config.eval_checkpoint == "best" else checkpointer.latest_step()
     if step is None:
         raise FileNotFoundError(f"no {config.eval_checkpoint} checkpoint in {checkpointer.directory}")
-    state, _ = checkpointer.restore(setup.abstract_state, step)
+    state, _ = checkpointer.restore(experiment.abstract_state, step)
     checkpointer.close()
-    results = evaluate_variables(setup, config, state.variables(ema=config.eval_with_ema and config.ema_decay > 0))
+    results = evaluate_variables(experiment, config, state.variables(ema=config.eval_with_ema and config.ema_decay > 0))
     results["step"] = step
     writer = metrics_lib.MetricWriter(workdir)
     writer.write(step, "eval", results)

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import NamedSharding, PartitionSpec
 
-from inception_jax.evaluation.multicrop import topk_counts
+from inception_jax.accuracy import topk_counts
 from inception_jax.models import dead_fraction
 from inception_jax.training import optim
 from inception_jax.training.sharding import DATA
