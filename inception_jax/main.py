@@ -6,24 +6,22 @@
 
 --config defaults to configs/quickstart.py (a small Inception-ResNet-v2 on scikit-learn's digits: minutes on a
 laptop CPU, no download). Rerunning a command resumes from the checkpoints in --workdir. Several processes (hosts):
-give each --coordinator_address, --num_processes and its --process_id (or set JAX_COORDINATOR_ADDRESS).
+give each --coordinator_address, --num_processes and its --process_id (or set JAX_COORDINATOR_ADDRESS). On the
+CPU the process first takes `inception_jax.cpu_settings` (XLA flags, malloc tunables; `--nocpu_settings`: not).
 """
 
-# isort: off
 import logging as std_logging
 import os
 import sys
 
-import inception_jax  # noqa: F401  (sets the CPU XLA defaults; must come before jax)
+import jax
+from absl import app, flags, logging
+from ml_collections import config_flags
 
-# isort: on
-import jax  # noqa: E402
-from absl import app, flags, logging  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
-
-from inception_jax.training import config as config_lib  # noqa: E402
-from inception_jax.training import loop, sharding  # noqa: E402
-from inception_jax.training.state import create_model  # noqa: E402
+from inception_jax import cpu_settings
+from inception_jax.training import config as config_lib
+from inception_jax.training import loop, sharding
+from inception_jax.training.state import create_model
 
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "quickstart.py")
 
@@ -130,4 +128,5 @@ def _parse_flags(argv: list[str]) -> list[str]:
 
 
 if __name__ == "__main__":
+    sys.argv = cpu_settings.apply(sys.argv)  # before jax starts its backends
     app.run(main, flags_parser=_parse_flags)

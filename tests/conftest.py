@@ -1,5 +1,5 @@
-"""Test set-up: 8 CPU devices for sharding tests and a persistent compilation cache (Inception graphs take
-10-20 s each to compile on a 2-core CPU; the cache makes re-runs several times faster)."""
+"""Test set-up: 8 CPU devices for sharding tests, the entry points' CPU XLA flags, and a persistent compilation
+cache (Inception graphs take 10-20 s each to compile on a 2-core CPU; the cache makes re-runs faster)."""
 
 import os
 
@@ -14,7 +14,10 @@ os.environ.setdefault(
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import inception_jax  # noqa: E402,F401  (sets the CPU XLA defaults before jax is imported)
+from inception_jax import cpu_settings  # noqa: E402
+
+# The XLA flags the entry points set on the CPU, so that tests compile what users run (before jax starts).
+os.environ["XLA_FLAGS"] = cpu_settings.xla_flags(os.environ["XLA_FLAGS"])
 
 
 @pytest.fixture(scope="session")

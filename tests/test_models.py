@@ -124,13 +124,14 @@ def test_bfloat16_compute_keeps_float32_params():
     assert model.apply(variables, x).dtype == jnp.float32
 
 
-def test_avg_pool_excludes_padding_like_tensorflow():
-    from inception_jax.models.layers import avg_pool_3x3
+@pytest.mark.parametrize("impl", ["reference", "cpu"])
+def test_avg_pool_excludes_padding_like_tensorflow(impl):
+    from inception_jax.ops import pooling
 
     x = jnp.arange(9.0).reshape(1, 3, 3, 1)
     corner = (0 + 1 + 3 + 4) / 4  # TF averages the 4 real values of the corner window
-    assert float(avg_pool_3x3(x)[0, 0, 0, 0]) == pytest.approx(corner)
-    assert float(avg_pool_3x3(x, include_padding=True)[0, 0, 0, 0]) == pytest.approx((0 + 1 + 3 + 4) / 9)
+    assert float(pooling.avg_pool(x, impl=impl)[0, 0, 0, 0]) == pytest.approx(corner)
+    assert float(pooling.avg_pool(x, include_padding=True, impl=impl)[0, 0, 0, 0]) == pytest.approx(4 * corner / 9)
 
 
 @pytest.mark.parametrize(
@@ -146,6 +147,7 @@ def test_avg_pool_excludes_padding_like_tensorflow():
         ("inception_v4", {"dtype": "int8"}, "dtype"),
         ("inception_v4", {"num_blocks": (4, 7)}, "num_blocks"),
         ("inception_v3", {"residual_scales": (0.1, 0.1, 0.1)}, "no field"),
+        ("inception_v4", {"ops": "gpu"}, "ops must be one of"),
     ],
 )
 def test_bad_settings_raise_clear_errors(name, overrides, message):
@@ -226,3 +228,52 @@ def test_remat_keeps_parameters_and_gradients():
     # The recomputation is really there: the gradient's program runs the convolutions again.
     count = lambda m: str(jax.make_jaxpr(lambda p: grads(m))(variables["params"])).count("conv_general_dilated")
     assert count(remat) > count(model)
+
+
+# Every network at 75x75 (where the CPU kernels drop the taps that meet only padding), each block kind present.
+OPS_NETWORKS = {
+    "v3": ("inception_v3", {}),
+    "v4": ("inception_v4", {"num_blocks": (1, 1, 1)}),
+    "irv1": ("inception_resnet_v1", {"num_blocks": (1, 1, 1)}),
+    "irv2": ("inception_resnet_v2", {"num_blocks": (1, 1, 2)}),
+    "irv2-paper": ("inception_resnet_v2", {"variant": "paper", "num_blocks": (1, 1, 1)}),
+}
+
+
+@pytest.mark.parametrize("key", list(OPS_NETWORKS))
+def test_cpu_kernels_compute_the_reference_network(key):
+    """`ops="cpu"` against `ops="reference"` on the same variables: training-mode logits, BN statistics and every
+    parameter's gradient within 1e-4 of the reference's scale (float rounding only)."""
+    name, overrides = OPS_NETWORKS[key]
+    build = lambda ops: models.create(name, depth_multiplier=0.1, min_depth=8, num_classes=10, aux_logits=True,
+                                      ops=ops, **overrides)  # fmt: skip
+    variables = models.init(build("reference"), 75)
+    x = jax.random.uniform(jax.random.key(0), (8, 75, 75, 3), minval=-1, maxval=1)
+    weights = jnp.cos(jnp.arange(10.0))
+
+    def run(model):
+        def loss(params):
+            logits, state = model.apply({"params": params, "batch_stats": variables["batch_stats"]}, x, train=True,
+                                        mutable=["batch_stats"], rngs={"dropout": jax.random.key(1)})  # fmt: skip
+            return jnp.sum(logits * weights), (logits, state["batch_stats"])
+
+        return jax.jit(jax.grad(loss, has_aux=True))(variables["params"])
+
+    (grads, (logits, stats)), (grads_ref, (logits_ref, stats_ref)) = run(build("cpu")), run(build("reference"))
+    errors = {"logits": relative_error(logits, logits_ref)}
+    for what, tree, ref in (("grad", grads, grads_ref), ("stats", stats, stats_ref)):
+        for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
+            errors[f"{what} {jax.tree_util.keystr(path)}"] = relative_error(leaf, _at(ref, path))
+    worst = max(errors, key=errors.get)
+    print(f"{key}: logits {errors['logits']:.1e}, worst {worst} {errors[worst]:.1e}")
+    assert errors[worst] < 1e-4, worst
+
+
+def relative_error(a, b) -> float:
+    return float(jnp.max(jnp.abs(a - b)) / jnp.max(jnp.abs(b)))
+
+
+def _at(tree, path):
+    for key in path:
+        tree = tree[key.key]
+    return tree

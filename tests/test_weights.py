@@ -39,18 +39,20 @@ def image_batch():
     return np.random.default_rng(0).uniform(-1, 1, (2, 107, 107, 3)).astype(np.float32)
 
 
-@pytest.mark.parametrize("size", [107, 75])  # 75: the 1x7s on 3x3 maps and the 1x3s on 1x1 maps lose taps
+# The CPU kernels at 107 and at 75, where the 1x7s on 3x3 maps and the 1x3s on 1x1 maps lose taps; the reference ops
+# at 107.
+@pytest.mark.parametrize("ops,size", [("cpu", 107), ("cpu", 75), ("reference", 107)])
 @pytest.mark.parametrize("name", TIMM_NAMES)
-def test_eval_logits_match_timm(timm_and_torch, name, size, image_batch):
+def test_eval_logits_match_timm(timm_and_torch, name, ops, size, image_batch):
     timm, torch = timm_and_torch
     image_batch = image_batch[:, :size, :size]
     reference_model = random_timm_model(timm, torch, name).eval()
     with torch.no_grad():
         reference = reference_model(torch.from_numpy(image_batch.transpose(0, 3, 1, 2))).numpy()
-    model, variables = weights.from_timm(name, state_dict_numpy(reference_model))
+    model, variables = weights.from_timm(name, state_dict_numpy(reference_model), ops=ops)
     ours = jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, jnp.asarray(image_batch))
     error = relative_error(ours, reference)
-    print(f"{name}: max |ours - timm| / max |timm| = {error:.2e}")
+    print(f"{name} ({ops}, {size}x{size}): max |ours - timm| / max |timm| = {error:.2e}")
     assert error < 1e-4
     # Same parameter count as timm's own count of the same model.
     assert models.count_params(variables["params"]) == sum(p.numel() for p in reference_model.parameters())

@@ -32,9 +32,11 @@ def check_name(name: str) -> None:
 
 
 def create(name: str, **overrides: Any) -> InceptionNet:
-    """Builds a network by name; `overrides` set its fields (num_classes, residual_scales, dtype, ...).
+    """Builds a network by name; `overrides` set its fields (num_classes, residual_scales, dtype, ops, ...).
 
-    `dtype` may be a string ("float32", "bfloat16"). Unknown names or fields and bad values raise ValueError.
+    `dtype` may be a string ("float32", "bfloat16"). `ops` picks the primitive operations' implementation:
+    "auto" (default: the CPU kernels where the program is lowered for the CPU, the reference elsewhere),
+    "reference" or "cpu" (see `inception_jax.ops`). Unknown names or fields and bad values raise ValueError.
     """
     check_name(name)
     cls = REGISTRY[name]
@@ -65,9 +67,9 @@ def count_params(params: Any) -> int:
 
 
 def direct_flops(jitted: Any, *args: Any) -> float:
-    """FLOPs of one call of a jitted function by XLA's cost analysis of the program as lowered for a GPU, i.e. with
-    direct convolutions. (The CPU program's Winograd convolutions do fewer multiplies, 53.4 instead of 70.7 GFLOP per
-    image for a v4 train step, and would make FLOP counts incomparable with other implementations.)"""
+    """FLOPs of one call of a jitted function by XLA's cost analysis of the program as lowered for a GPU: with a
+    network in "auto" or "reference" ops, direct convolutions, comparable with other implementations (the CPU
+    kernels' Winograd convolutions do fewer multiplies)."""
     cost = jitted.trace(*args).lower(lowering_platforms=("cuda",)).cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost
     return float(cost["flops"])

@@ -1,12 +1,13 @@
 """Inception-ResNet-v1 and -v2 (paper Fig. 10-19).
 
-The residual blocks share one pattern (`InceptionResNetBlock`): their three kinds differ only in branch kernels,
-and the two networks only in branch widths, block counts and stem. Residual scales are per block kind (A, B, C).
+Both follow the schema of Fig. 15: stem, A blocks, Reduction-A, B blocks, Reduction-B, C blocks. The residual
+blocks share one pattern (`InceptionResNetBlock`); the two networks differ in their stems and in the widths of
+their blocks (`ResNetWidths`, stated once per network), and the residual scales are per block kind (A, B, C).
 """
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import ClassVar, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -14,49 +15,51 @@ import jax.numpy as jnp
 
 from inception_jax.models.inception_v3 import InceptionV3A, InceptionV3Stem
 from inception_jax.models.inception_v4 import InceptionV4Stem, ReductionA, check_num_blocks
-from inception_jax.models.layers import ConvBN, InceptionResNetBlock, LayerConfig, conv_branches, max_pool_3x3_s2
+from inception_jax.models.layers import ConvBN, InceptionResNetBlock, LayerConfig, Widths, max_pool_3x3_s2
 from inception_jax.models.network import InceptionNet
 
-Widths = tuple[tuple[int, ...], ...]
+V = "VALID"
 
 
-class _ResidualBranches(InceptionResNetBlock):
-    """A residual block whose branches are plain conv sequences: `widths[i][j]` filters of `KERNELS[i][j]`."""
-
-    KERNELS: ClassVar[tuple[tuple, ...]] = ()
-    widths: Widths = ()
-
-    def branches(self, x: jax.Array, train: bool) -> list[jax.Array]:
-        return conv_branches(
-            x,
-            train,
-            self.cfg,
-            [
-                (f"branch{i}", list(zip(widths, kernels, strict=True)))
-                for i, (widths, kernels) in enumerate(zip(self.widths, self.KERNELS, strict=True))
-            ],
-        )
-
-
-class InceptionResNetA(_ResidualBranches):
+class InceptionResNetA(InceptionResNetBlock):
     """Inception-ResNet-A, 35x35 (paper Fig. 10 for v1, Fig. 16 for v2): [1x1] [1x1 -> 3x3] [1x1 -> 3x3 -> 3x3]."""
 
-    KERNELS = ((1,), (1, 3), (1, 3, 3))
-    widths: Widths = ((32,), (32, 32), (32, 48, 64))
+    def branches(self, x: jax.Array, train: bool) -> list[jax.Array]:
+        cfg = self.cfg
+        (a0,), (b0, b1), (c0, c1, c2) = self.widths
+        branch0 = ConvBN(a0, 1, cfg, name="branch0_0")(x, train)
+        branch1 = ConvBN(b0, 1, cfg, name="branch1_0")(x, train)
+        branch1 = ConvBN(b1, 3, cfg, name="branch1_1")(branch1, train)
+        branch2 = ConvBN(c0, 1, cfg, name="branch2_0")(x, train)
+        branch2 = ConvBN(c1, 3, cfg, name="branch2_1")(branch2, train)
+        branch2 = ConvBN(c2, 3, cfg, name="branch2_2")(branch2, train)
+        return [branch0, branch1, branch2]
 
 
-class InceptionResNetB(_ResidualBranches):
+class InceptionResNetB(InceptionResNetBlock):
     """Inception-ResNet-B, 17x17 (paper Fig. 11 for v1, Fig. 17 for v2): [1x1] [1x1 -> 1x7 -> 7x1]."""
 
-    KERNELS = ((1,), (1, (1, 7), (7, 1)))
-    widths: Widths = ((192,), (128, 160, 192))
+    def branches(self, x: jax.Array, train: bool) -> list[jax.Array]:
+        cfg = self.cfg
+        (a0,), (b0, b1, b2) = self.widths
+        branch0 = ConvBN(a0, 1, cfg, name="branch0_0")(x, train)
+        branch1 = ConvBN(b0, 1, cfg, name="branch1_0")(x, train)
+        branch1 = ConvBN(b1, (1, 7), cfg, name="branch1_1")(branch1, train)
+        branch1 = ConvBN(b2, (7, 1), cfg, name="branch1_2")(branch1, train)
+        return [branch0, branch1]
 
 
-class InceptionResNetC(_ResidualBranches):
+class InceptionResNetC(InceptionResNetBlock):
     """Inception-ResNet-C, 8x8 (paper Fig. 13 for v1, Fig. 19 for v2): [1x1] [1x1 -> 1x3 -> 3x1]."""
 
-    KERNELS = ((1,), (1, (1, 3), (3, 1)))
-    widths: Widths = ((192,), (192, 224, 256))
+    def branches(self, x: jax.Array, train: bool) -> list[jax.Array]:
+        cfg = self.cfg
+        (a0,), (b0, b1, b2) = self.widths
+        branch0 = ConvBN(a0, 1, cfg, name="branch0_0")(x, train)
+        branch1 = ConvBN(b0, 1, cfg, name="branch1_0")(x, train)
+        branch1 = ConvBN(b1, (1, 3), cfg, name="branch1_1")(branch1, train)
+        branch1 = ConvBN(b2, (3, 1), cfg, name="branch1_2")(branch1, train)
+        return [branch0, branch1]
 
 
 class ResidualReductionB(nn.Module):
@@ -64,23 +67,37 @@ class ResidualReductionB(nn.Module):
     [1x1 -> 3x3/2] [1x1 -> 3x3/2] [1x1 -> 3x3 -> 3x3/2] [max pool 3x3/2]."""
 
     cfg: LayerConfig
-    widths: Widths = ((256, 384), (256, 288), (256, 288, 320))
+    widths: Widths
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        cfg = self.cfg
         (a0, a1), (b0, b1), (c0, c1, c2) = self.widths
-        cfg, v = self.cfg, "VALID"
-        branches = [
-            ("branch0", [(a0, 1), (a1, 3, 2, v)]),
-            ("branch1", [(b0, 1), (b1, 3, 2, v)]),
-            ("branch2", [(c0, 1), (c1, 3), (c2, 3, 2, v)]),
-        ]
-        return jnp.concatenate([*conv_branches(x, train, cfg, branches), max_pool_3x3_s2(x)], axis=-1)
+        branch0 = ConvBN(a0, 1, cfg, name="branch0_0")(x, train)
+        branch0 = ConvBN(a1, 3, cfg, strides=2, padding=V, name="branch0_1")(branch0, train)
+        branch1 = ConvBN(b0, 1, cfg, name="branch1_0")(x, train)
+        branch1 = ConvBN(b1, 3, cfg, strides=2, padding=V, name="branch1_1")(branch1, train)
+        branch2 = ConvBN(c0, 1, cfg, name="branch2_0")(x, train)
+        branch2 = ConvBN(c1, 3, cfg, name="branch2_1")(branch2, train)
+        branch2 = ConvBN(c2, 3, cfg, strides=2, padding=V, name="branch2_2")(branch2, train)
+        return jnp.concatenate([branch0, branch1, branch2, max_pool_3x3_s2(x, cfg)], axis=-1)
+
+
+class ResNetWidths(NamedTuple):
+    """The filter counts of one Inception-ResNet: per branch for the A, B, C blocks and Reduction-B, and
+    Table 1's (k, l, m, n) for Reduction-A."""
+
+    a: Widths
+    reduction_a: tuple[int, int, int, int]
+    b: Widths
+    reduction_b: Widths
+    c: Widths
 
 
 class _InceptionResNet(InceptionNet):
-    """Fields and checks both Inception-ResNets share."""
+    """The schema of Fig. 15 with its fields and checks; a network supplies its widths, block counts and stem."""
 
+    WIDTHS: ClassVar[ResNetWidths]
     residual_scales: tuple[float, float, float] = (0.17, 0.10, 0.20)
     num_blocks: tuple[int, int, int] | None = None  # None: the network's own counts
 
@@ -95,36 +112,49 @@ class _InceptionResNet(InceptionNet):
         if self.num_blocks is not None:
             check_num_blocks(self.num_blocks)
 
-    def residual_stack(
-        self,
-        x: jax.Array,
-        train: bool,
-        block: type[_ResidualBranches],
-        name: str,
-        count: int,
-        scale: float,
-        widths: Widths,
-    ) -> jax.Array:
+    def default_blocks(self) -> tuple[int, int, int]:
+        return (5, 10, 5)  # Fig. 15
+
+    def stem(self, x: jax.Array, train: bool) -> jax.Array:
+        raise NotImplementedError
+
+    def top(self, x: jax.Array, train: bool, num_c: int) -> jax.Array:
+        """The C blocks (and whatever the network puts after them)."""
+        return self.residual_stack(x, train, InceptionResNetC, "BlockC", num_c, self.WIDTHS.c, self.residual_scales[2])
+
+    def residual_stack(self, x: jax.Array, train: bool, block: type[InceptionResNetBlock], name: str, count: int,
+                       widths: Widths, scale: float) -> jax.Array:  # fmt: skip
         for i in range(count):
-            x = block(self.layer_config, scale, widths=widths, name=f"{name}_{i}")(x, train)
+            x = block(self.layer_config, widths, scale, name=f"{name}_{i}")(x, train)
         return x
+
+    def backbone(self, x: jax.Array, train: bool) -> jax.Array:
+        cfg, widths = self.layer_config, self.WIDTHS
+        num_a, num_b, num_c = self.num_blocks or self.default_blocks()
+        scale_a, scale_b, _ = self.residual_scales
+        x = self.stem(x, train)
+        x = self.residual_stack(x, train, InceptionResNetA, "BlockA", num_a, widths.a, scale_a)
+        x = ReductionA(cfg, *widths.reduction_a, name="ReductionA")(x, train)
+        x = self.residual_stack(x, train, InceptionResNetB, "BlockB", num_b, widths.b, scale_b)
+        self.aux(x, train)
+        x = ResidualReductionB(cfg, widths.reduction_b, name="ReductionB")(x, train)
+        return self.top(x, train, num_c)
 
 
 class InceptionResNetV1(_InceptionResNet):
     """Inception-ResNet-v1 (paper Fig. 14 stem, Fig. 10-13 blocks, Fig. 15 schema): 5x A, Reduction-A, 10x B,
     Reduction-B, 5x C -> 1792. No official weights exist."""
 
-    def backbone(self, x: jax.Array, train: bool) -> jax.Array:
-        cfg = self.layer_config
-        num_a, num_b, num_c = self.num_blocks or (5, 10, 5)
-        scale_a, scale_b, scale_c = self.residual_scales
-        x = InceptionV3Stem(cfg, reduce_filters=256, name="Stem")(x, train)
-        x = self.residual_stack(x, train, InceptionResNetA, "BlockA", num_a, scale_a, ((32,), (32, 32), (32, 32, 32)))
-        x = ReductionA(cfg, 192, 192, 256, 384, name="ReductionA")(x, train)
-        x = self.residual_stack(x, train, InceptionResNetB, "BlockB", num_b, scale_b, ((128,), (128, 128, 128)))
-        self.aux(x, train)
-        x = ResidualReductionB(cfg, ((256, 384), (256, 256), (256, 256, 256)), name="ReductionB")(x, train)
-        return self.residual_stack(x, train, InceptionResNetC, "BlockC", num_c, scale_c, ((192,), (192, 192, 192)))
+    WIDTHS = ResNetWidths(
+        a=((32,), (32, 32), (32, 32, 32)),
+        reduction_a=(192, 192, 256, 384),
+        b=((128,), (128, 128, 128)),
+        reduction_b=((256, 384), (256, 256), (256, 256, 256)),
+        c=((192,), (192, 192, 192)),
+    )
+
+    def stem(self, x: jax.Array, train: bool) -> jax.Array:
+        return InceptionV3Stem(self.layer_config, reduce_filters=256, name="Stem")(x, train)
 
 
 VARIANTS = ("released", "paper")
@@ -140,6 +170,13 @@ class InceptionResNetV2(_InceptionResNet):
     end of the B stack.
     """
 
+    WIDTHS = ResNetWidths(
+        a=((32,), (32, 32), (32, 48, 64)),
+        reduction_a=(256, 256, 384, 384),
+        b=((192,), (128, 160, 192)),
+        reduction_b=((256, 384), (256, 288), (256, 288, 320)),
+        c=((192,), (192, 224, 256)),
+    )
     variant: str = "released"
 
     def validate(self) -> None:
@@ -149,26 +186,20 @@ class InceptionResNetV2(_InceptionResNet):
         if self.variant == "released" and self.num_blocks is not None and self.num_blocks[2] < 1:
             raise ValueError("the released Inception-ResNet-v2 needs at least one C block (its final linear block)")
 
-    def backbone(self, x: jax.Array, train: bool) -> jax.Array:
+    def default_blocks(self) -> tuple[int, int, int]:
+        return (10, 20, 10) if self.variant == "released" else super().default_blocks()
+
+    def stem(self, x: jax.Array, train: bool) -> jax.Array:
         cfg = self.layer_config
-        released = self.variant == "released"
-        num_a, num_b, num_c = self.num_blocks or ((10, 20, 10) if released else (5, 10, 5))
-        scale_a, scale_b, scale_c = self.residual_scales
-        widths_a: Widths = ((32,), (32, 32), (32, 48, 64))
-        widths_b: Widths = ((192,), (128, 160, 192))
-        widths_c: Widths = ((192,), (192, 224, 256))
-        if released:
-            x = InceptionV3Stem(cfg, name="Stem")(x, train)
-            x = InceptionV3A(cfg, branch0_filters=96, pool_filters=64, name="Mixed_5b")(x, train)
-        else:
-            x = InceptionV4Stem(cfg, name="Stem")(x, train)
-        x = self.residual_stack(x, train, InceptionResNetA, "BlockA", num_a, scale_a, widths_a)
-        x = ReductionA(cfg, 256, 256, 384, 384, name="ReductionA")(x, train)
-        x = self.residual_stack(x, train, InceptionResNetB, "BlockB", num_b, scale_b, widths_b)
-        self.aux(x, train)
-        x = ResidualReductionB(cfg, name="ReductionB")(x, train)
-        if not released:
-            return self.residual_stack(x, train, InceptionResNetC, "BlockC", num_c, scale_c, widths_c)
-        x = self.residual_stack(x, train, InceptionResNetC, "BlockC", num_c - 1, scale_c, widths_c)
-        x = InceptionResNetC(cfg, 1.0, activate=False, widths=widths_c, name="BlockC_final")(x, train)
-        return ConvBN(1536, (1, 1), cfg, name="Conv2d_7b_1x1")(x, train)
+        if self.variant == "paper":
+            return InceptionV4Stem(cfg, name="Stem")(x, train)
+        x = InceptionV3Stem(cfg, name="Stem")(x, train)
+        return InceptionV3A(cfg, branch0_filters=96, pool_filters=64, name="Mixed_5b")(x, train)
+
+    def top(self, x: jax.Array, train: bool, num_c: int) -> jax.Array:
+        if self.variant == "paper":
+            return super().top(x, train, num_c)
+        cfg = self.layer_config
+        x = super().top(x, train, num_c - 1)
+        x = InceptionResNetC(cfg, self.WIDTHS.c, 1.0, activate=False, name="BlockC_final")(x, train)
+        return ConvBN(1536, 1, cfg, name="Conv2d_7b_1x1")(x, train)

@@ -1,7 +1,8 @@
 """Inception-v3 as released (TF-slim graph; Szegedy et al. 2015, arXiv 1512.00567).
 
 The released graph, not the v3 paper's Table 1, is the reference: it is what every pretrained checkpoint holds.
-Block names follow the released graph (Mixed_5b ... Mixed_7c); conv units inside a block are `branch{i}_{j}`.
+Block names follow the released graph (Mixed_5b ... Mixed_7c); conv units inside a block are `branch{i}_{j}`, the
+j-th unit of branch i.
 """
 
 from __future__ import annotations
@@ -10,15 +11,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from inception_jax.models.layers import (
-    ConvBN,
-    LayerConfig,
-    avg_pool_3x3,
-    conv_branches,
-    conv_sequence,
-    max_pool_3x3_s2,
-    split_1x3_3x1,
-)
+from inception_jax.models.layers import ConvBN, LayerConfig, avg_pool_3x3, expanded_filter_bank, max_pool_3x3_s2
 from inception_jax.models.network import InceptionNet
 
 V = "VALID"
@@ -37,19 +30,19 @@ class InceptionV3Stem(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         cfg = self.cfg
-        x = ConvBN(32, (3, 3), cfg, strides=2, padding=V, name="Conv2d_1a_3x3")(x, train)
-        x = ConvBN(32, (3, 3), cfg, padding=V, name="Conv2d_2a_3x3")(x, train)
-        x = ConvBN(64, (3, 3), cfg, name="Conv2d_2b_3x3")(x, train)
-        x = max_pool_3x3_s2(x)
-        x = ConvBN(80, (1, 1), cfg, padding=V, name="Conv2d_3b_1x1")(x, train)
-        x = ConvBN(192, (3, 3), cfg, padding=V, name="Conv2d_4a_3x3")(x, train)
+        x = ConvBN(32, 3, cfg, strides=2, padding=V, name="Conv2d_1a_3x3")(x, train)
+        x = ConvBN(32, 3, cfg, padding=V, name="Conv2d_2a_3x3")(x, train)
+        x = ConvBN(64, 3, cfg, name="Conv2d_2b_3x3")(x, train)
+        x = max_pool_3x3_s2(x, cfg)
+        x = ConvBN(80, 1, cfg, padding=V, name="Conv2d_3b_1x1")(x, train)
+        x = ConvBN(192, 3, cfg, padding=V, name="Conv2d_4a_3x3")(x, train)
         if self.reduce_filters is None:
-            return max_pool_3x3_s2(x)
-        return ConvBN(self.reduce_filters, (3, 3), cfg, strides=2, padding=V, name="Conv2d_4b_3x3")(x, train)
+            return max_pool_3x3_s2(x, cfg)
+        return ConvBN(self.reduce_filters, 3, cfg, strides=2, padding=V, name="Conv2d_4b_3x3")(x, train)
 
 
 class InceptionV3A(nn.Module):
-    """35x35 block (v3 paper Fig. 5, released branch widths): [1x1] [1x1 48 -> 5x5 64] [1x1 64 -> 3x3 96 -> 3x3 96]
+    """35x35 block (v3 paper Fig. 5, released widths): [1x1] [1x1 48 -> 5x5 64] [1x1 64 -> 3x3 96 -> 3x3 96]
     [avg pool -> 1x1]. Inception-ResNet-v2's released Mixed_5b is this block with widths 96 and 64."""
 
     cfg: LayerConfig
@@ -59,46 +52,35 @@ class InceptionV3A(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         cfg = self.cfg
-        return jnp.concatenate(
-            [
-                *conv_branches(
-                    x,
-                    train,
-                    cfg,
-                    [
-                        ("branch0", [(self.branch0_filters, 1)]),
-                        ("branch1", [(48, 1), (64, 5)]),
-                        ("branch2", [(64, 1), (96, 3), (96, 3)]),
-                    ],
-                ),
-                conv_sequence(
-                    avg_pool_3x3(x, cfg.avg_pool_include_padding), train, cfg, "branch3", [(self.pool_filters, 1)]
-                ),
-            ],
-            axis=-1,
-        )
+        b0 = ConvBN(self.branch0_filters, 1, cfg, name="branch0_0")(x, train)
+        b1 = ConvBN(48, 1, cfg, name="branch1_0")(x, train)
+        b1 = ConvBN(64, 5, cfg, name="branch1_1")(b1, train)
+        b2 = ConvBN(64, 1, cfg, name="branch2_0")(x, train)
+        b2 = ConvBN(96, 3, cfg, name="branch2_1")(b2, train)
+        b2 = ConvBN(96, 3, cfg, name="branch2_2")(b2, train)
+        b3 = ConvBN(self.pool_filters, 1, cfg, name="branch3_0")(avg_pool_3x3(x, cfg), train)
+        return jnp.concatenate([b0, b1, b2, b3], axis=-1)
 
 
 class InceptionV3ReductionA(nn.Module):
-    """35x35 -> 17x17 grid reduction (v3 paper Fig. 10, released Mixed_6a)."""
+    """35x35 -> 17x17 grid reduction (v3 paper Fig. 10, released Mixed_6a): [3x3/2 384] [1x1 64 -> 3x3 96 ->
+    3x3/2 96] [max pool 3x3/2]."""
 
     cfg: LayerConfig
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         cfg = self.cfg
-        return jnp.concatenate(
-            [
-                conv_sequence(x, train, cfg, "branch0", [(384, 3, 2, V)]),
-                conv_sequence(x, train, cfg, "branch1", [(64, 1), (96, 3), (96, 3, 2, V)]),
-                max_pool_3x3_s2(x),
-            ],
-            axis=-1,
-        )
+        b0 = ConvBN(384, 3, cfg, strides=2, padding=V, name="branch0_0")(x, train)
+        b1 = ConvBN(64, 1, cfg, name="branch1_0")(x, train)
+        b1 = ConvBN(96, 3, cfg, name="branch1_1")(b1, train)
+        b1 = ConvBN(96, 3, cfg, strides=2, padding=V, name="branch1_2")(b1, train)
+        return jnp.concatenate([b0, b1, max_pool_3x3_s2(x, cfg)], axis=-1)
 
 
 class InceptionV3B(nn.Module):
-    """17x17 block with factorised 7x7 convs (v3 paper Fig. 6, n = 7); `channels` is the bottleneck width c."""
+    """17x17 block with factorised 7x7 convs (v3 paper Fig. 6, n = 7); `channels` is the bottleneck width c:
+    [1x1 192] [1x1 c -> 1x7 c -> 7x1 192] [1x1 c -> 7x1 c -> 1x7 c -> 7x1 c -> 1x7 192] [avg pool -> 1x1 192]."""
 
     cfg: LayerConfig
     channels: int
@@ -106,69 +88,54 @@ class InceptionV3B(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         cfg, c = self.cfg, self.channels
-        return jnp.concatenate(
-            [
-                *conv_branches(
-                    x,
-                    train,
-                    cfg,
-                    [
-                        ("branch0", [(192, 1)]),
-                        ("branch1", [(c, 1), (c, (1, 7)), (192, (7, 1))]),
-                        ("branch2", [(c, 1), (c, (7, 1)), (c, (1, 7)), (c, (7, 1)), (192, (1, 7))]),
-                    ],
-                ),
-                conv_sequence(avg_pool_3x3(x, cfg.avg_pool_include_padding), train, cfg, "branch3", [(192, 1)]),
-            ],
-            axis=-1,
-        )
+        b0 = ConvBN(192, 1, cfg, name="branch0_0")(x, train)
+        b1 = ConvBN(c, 1, cfg, name="branch1_0")(x, train)
+        b1 = ConvBN(c, (1, 7), cfg, name="branch1_1")(b1, train)
+        b1 = ConvBN(192, (7, 1), cfg, name="branch1_2")(b1, train)
+        b2 = ConvBN(c, 1, cfg, name="branch2_0")(x, train)
+        b2 = ConvBN(c, (7, 1), cfg, name="branch2_1")(b2, train)
+        b2 = ConvBN(c, (1, 7), cfg, name="branch2_2")(b2, train)
+        b2 = ConvBN(c, (7, 1), cfg, name="branch2_3")(b2, train)
+        b2 = ConvBN(192, (1, 7), cfg, name="branch2_4")(b2, train)
+        b3 = ConvBN(192, 1, cfg, name="branch3_0")(avg_pool_3x3(x, cfg), train)
+        return jnp.concatenate([b0, b1, b2, b3], axis=-1)
 
 
 class InceptionV3ReductionB(nn.Module):
-    """17x17 -> 8x8 grid reduction (released Mixed_7a)."""
+    """17x17 -> 8x8 grid reduction (released Mixed_7a): [1x1 192 -> 3x3/2 320] [1x1 192 -> 1x7 192 -> 7x1 192 ->
+    3x3/2 192] [max pool 3x3/2]."""
 
     cfg: LayerConfig
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         cfg = self.cfg
-        return jnp.concatenate(
-            [
-                *conv_branches(
-                    x,
-                    train,
-                    cfg,
-                    [
-                        ("branch0", [(192, 1), (320, 3, 2, V)]),
-                        ("branch1", [(192, 1), (192, (1, 7)), (192, (7, 1)), (192, 3, 2, V)]),
-                    ],
-                ),
-                max_pool_3x3_s2(x),
-            ],
-            axis=-1,
-        )
+        b0 = ConvBN(192, 1, cfg, name="branch0_0")(x, train)
+        b0 = ConvBN(320, 3, cfg, strides=2, padding=V, name="branch0_1")(b0, train)
+        b1 = ConvBN(192, 1, cfg, name="branch1_0")(x, train)
+        b1 = ConvBN(192, (1, 7), cfg, name="branch1_1")(b1, train)
+        b1 = ConvBN(192, (7, 1), cfg, name="branch1_2")(b1, train)
+        b1 = ConvBN(192, 3, cfg, strides=2, padding=V, name="branch1_3")(b1, train)
+        return jnp.concatenate([b0, b1, max_pool_3x3_s2(x, cfg)], axis=-1)
 
 
 class InceptionV3C(nn.Module):
-    """8x8 block with expanded filter banks (v3 paper Fig. 7, released Mixed_7b/7c)."""
+    """8x8 block with expanded filter banks (v3 paper Fig. 7, released Mixed_7b/7c): [1x1 320]
+    [1x1 384 -> (1x3 384, 3x1 384)] [1x1 448 -> 3x3 384 -> (1x3 384, 3x1 384)] [avg pool -> 1x1 192]."""
 
     cfg: LayerConfig
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         cfg = self.cfg
-        b0, b1, b2 = conv_branches(
-            x, train, cfg, [("branch0", [(320, 1)]), ("branch1", [(384, 1)]), ("branch2", [(448, 1), (384, 3)])]
-        )
-        return jnp.concatenate(
-            [
-                b0,
-                split_1x3_3x1(b1, train, cfg, "branch1_1", 384),
-                split_1x3_3x1(b2, train, cfg, "branch2_2", 384),
-                conv_sequence(avg_pool_3x3(x, cfg.avg_pool_include_padding), train, cfg, "branch3", [(192, 1)]),
-            ],
-            axis=-1,
-        )
+        b0 = ConvBN(320, 1, cfg, name="branch0_0")(x, train)
+        b1 = ConvBN(384, 1, cfg, name="branch1_0")(x, train)
+        b1 = expanded_filter_bank(b1, train, cfg, "branch1_1", 384)
+        b2 = ConvBN(448, 1, cfg, name="branch2_0")(x, train)
+        b2 = ConvBN(384, 3, cfg, name="branch2_1")(b2, train)
+        b2 = expanded_filter_bank(b2, train, cfg, "branch2_2", 384)
+        b3 = ConvBN(192, 1, cfg, name="branch3_0")(avg_pool_3x3(x, cfg), train)
+        return jnp.concatenate([b0, b1, b2, b3], axis=-1)
 
 
 class InceptionV3(InceptionNet):

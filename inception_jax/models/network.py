@@ -10,6 +10,7 @@ import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
 from inception_jax.models.layers import AuxHead, LayerConfig, kernel_init
+from inception_jax.ops import check_implementation
 
 MIN_INPUT_SIZE = 75
 # Name of the checkpointed values under `remat`: the output of every block (each direct submodule of a network).
@@ -28,16 +29,18 @@ class InceptionNet(nn.Module):
     num_classes: int = 1000
     dropout_rate: float = 0.2  # the paper's keep probability 0.8
     aux_logits: bool = False
-    depth_multiplier: float = 1.0
-    min_depth: int = 16
-    bn_momentum: float = 0.9997
-    bn_epsilon: float = 1e-3
-    bn_scale: bool = False  # TF-slim has no BN gamma (ReLU follows); timm/PyTorch have one
-    bn_axis_name: str | None = None
-    avg_pool_include_padding: bool = False  # True only to match torchvision/timm's Inception-v3
-    bn_folded: bool = False  # BatchNorm folded into conv kernels and biases, for inference: see models.fold_batchnorm
     remat: bool = False  # training keeps only block outputs and recomputes the rest in the backward pass
-    dtype: Any = jnp.float32
+    # The units' settings, documented in LayerConfig (whose defaults these are).
+    depth_multiplier: float = LayerConfig.depth_multiplier
+    min_depth: int = LayerConfig.min_depth
+    bn_momentum: float = LayerConfig.bn_momentum
+    bn_epsilon: float = LayerConfig.bn_epsilon
+    bn_scale: bool = LayerConfig.bn_scale
+    bn_axis_name: str | None = LayerConfig.bn_axis_name
+    avg_pool_include_padding: bool = LayerConfig.avg_pool_include_padding
+    bn_folded: bool = LayerConfig.bn_folded
+    ops: str = LayerConfig.ops
+    dtype: Any = LayerConfig.dtype
 
     def __post_init__(self) -> None:
         self.validate()
@@ -57,20 +60,11 @@ class InceptionNet(nn.Module):
             raise ValueError(f"bn_momentum must be in [0, 1), got {self.bn_momentum!r}")
         if not self.bn_epsilon > 0:
             raise ValueError(f"bn_epsilon must be > 0, got {self.bn_epsilon!r}")
+        check_implementation(self.ops)
 
     @property
     def layer_config(self) -> LayerConfig:
-        return LayerConfig(
-            depth_multiplier=self.depth_multiplier,
-            min_depth=self.min_depth,
-            bn_momentum=self.bn_momentum,
-            bn_epsilon=self.bn_epsilon,
-            bn_scale=self.bn_scale,
-            bn_axis_name=self.bn_axis_name,
-            avg_pool_include_padding=self.avg_pool_include_padding,
-            bn_folded=self.bn_folded,
-            dtype=self.dtype,
-        )
+        return LayerConfig.from_network(self)
 
     def backbone(self, x: jax.Array, train: bool) -> jax.Array:
         """Image -> final feature map (before global average pooling). Calls `self.aux` where the aux head sits."""

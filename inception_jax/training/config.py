@@ -41,6 +41,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.model.bn_scale = False  # TF-slim: no gamma before a ReLU
     c.model.dtype = "float32"  # compute dtype; "bfloat16" = mixed precision, weights stay float32
     c.model.remat = False  # per-block rematerialisation: 7-14x fewer activations kept, blocks' forward run twice
+    c.model.ops = "auto"  # the primitive ops: CPU kernels on the CPU, the reference elsewhere (or "reference", "cpu")
 
     c.dataset = data.default_dataset_config()
     c.dataset.name = "imagenet2012"

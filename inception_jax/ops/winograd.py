@@ -1,5 +1,5 @@
-"""Winograd convolution: F(m, r) along one axis for the 1xk and kx1 convs of the factorised Inception blocks, and
-F(m x m, r x r) for the 3x3 convs of the 35x35 blocks.
+"""Winograd convolution, a CPU kernel: F(m, r) along one axis for the 1xk and kx1 convs of the factorised
+Inception blocks, and F(m x m, r x r) for the 3x3 convs of the 35x35 blocks.
 
 F(m, r) computes m outputs of an r-tap correlation from m + r - 1 products instead of m * r (Lavin & Gray,
 "Fast Algorithms for Convolutional Neural Networks", 2016). Along one spatial axis the input is cut into tiles of m
@@ -12,17 +12,8 @@ The two-dimensional version nests the same transforms along both axes: (m + r - 
 (36 for 16 with F(4x4, 3x3), against 144). The gradients are written the same way (custom VJP): the input
 gradient is the same algorithm run on the output gradient with the flipped kernel, and the weight gradient is taken
 in the transformed domain, G^T [sum over tiles of (B^T x_tile) (A dy_tile)] (and G on the right in two dimensions).
-So all three passes save the same share of multiplies.
-
-Where it pays (2-core AVX-512 CPU, batch 8, forward plus both gradients, each pass jitted alone, medians of 7):
-17x17 maps with 128-256 channels, F(3, 7), 1.7-3.0x faster than XLA's convolution (e.g. 192 -> 224 1x7: 30.5 ->
-14.8 ms); 8x8 maps with 384-448 channels, F(2, 3), 1.1-1.7x; 35x35 maps with 48-224 channels, F(4x4, 3x3),
-1.2-1.6x. A v4 17x17-block chain (1x1, 1x7, 7x1 conv-BN-ReLU, forward and backward) went from 109 to 66 ms, and
-the v4 train step at batch 8, 299x299 (huge-page malloc, two separate processes each way) from medians of 4.07 and
-4.12 s to 3.49 and 3.71 s with the one-dimensional transforms, and from 3.51 and 3.65 s to 3.39 and 3.46 s with
-the two-dimensional ones on top (IR-v2, whose 35x35 3x3s mostly have 32 channels: no gain). No gain on the
-stem's large maps with few channels (73x73, 64 channels: XLA 109.4 ms, F(3, 7) 107.9 ms; F(4x4, 3x3) is slower
-there), so `applies` limits the sizes.
+So all three passes save the same share of multiplies. `applies` limits it to the shapes where it measured faster
+than XLA's convolution on a 2-core CPU (docs/performance.md).
 """
 
 from __future__ import annotations
@@ -37,29 +28,23 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from inception_jax.models.fusion_barrier import materialise
+from inception_jax.ops.barrier import materialise
 
 # Interpolation points, smallest first: the small ones keep the transforms' coefficients, and so the rounding
 # error, small (F(3, 7) uses the first eight plus the point at infinity).
 _POINTS = (0, 1, -1, 2, -2, Fraction(1, 2), Fraction(-1, 2), 3, -3, Fraction(1, 3), Fraction(-1, 3))
 
-# Output tile per kernel length. 7: F(3, 7) was as fast as F(4, 7) on the 17x17 layers with a third of its float32
-# error (1e-5 against 3e-5 of the output's scale). 3: F(2, 3), the most accurate, was the fastest on one 8x8 layer
-# (12.6 against 14.1 and 14.6 ms for F(3, 3), F(4, 3)) and 11% behind F(4, 3) on the other. 5: no network has 5-tap
-# convs; F(3, 5) is tested, not timed.
+# Output tile per kernel length, one-dimensional F(m, k): the fastest of the tiles tried with the smallest float32
+# error (F(3, 7) has a third of F(4, 7)'s). F(3, 5) is tested, not timed: no network has 5-tap convs.
 TILE = {3: 2, 5: 3, 7: 3}
-# Two-dimensional transforms, F(m x m, k x k): output tile per kernel size. F(4x4, 3x3) against F(2x2, 3x3) on
-# 35x35 maps, forward plus both gradients, b8: 12.3 against 17.8 ms (64 -> 96 channels), 16.0 against 34.5 ms
-# (96 -> 96); float32 error 1e-5 of the output's scale.
+# Two-dimensional F(m x m, k x k): output tile per kernel size (float32 error 1e-5 of the output's scale).
 TILE_2D = {3: 4}
-# Where F(4x4, 3x3) measured faster than XLA (same timings): 35x35 maps from 48 channels, 1.2-1.6x (64 -> 96: 18.2
-# -> 11.5 ms; 48 -> 64: 10.3 -> 7.4 ms; 192 -> 224: 120 -> 100 ms). Even at 17x17 and with 32 channels; slower at
-# 8x8 (2 tiles: 28 -> 64 ms) and from 71x71 up (73x73, 64 -> 96: 80 -> 130 ms), where the transforms' memory
-# traffic outweighs the 4x fewer multiplies.
+# Where F(4x4, 3x3) measured faster than XLA: maps of 24-48 pixels with at least 48 channels. On larger maps the
+# transforms' memory traffic outweighs the 4x fewer multiplies; on 8x8 maps the tiles are too few.
 MIN_CHANNELS_2D = 48
 MAP_2D = (24, 48)
-# The narrower of input and output channels from which the one-dimensional path is taken: 128-channel layers
-# gained, 64-channel ones did not (see the module docstring).
+# The narrower of input and output channels from which the one-dimensional path is taken (128-channel layers
+# gained, 64-channel ones did not).
 MIN_CHANNELS = 128
 
 
@@ -117,7 +102,8 @@ def applies(
     pads: Sequence[tuple[int, int]],
     dtype: jnp.dtype,
 ) -> bool:
-    """Whether `conv` is the faster way to run this NHWC x HWIO convolution (explicit `pads`) on a CPU."""
+    """Whether `conv` is the faster way to run this NHWC x HWIO convolution (explicit `pads`) on a CPU; never for
+    16-bit types, whose transforms round too much."""
     kh, kw, c_in, c_out = kernel_shape
     if strides != (1, 1) or jnp.dtype(dtype) != jnp.float32:  # 16-bit types: the transforms round too much
         return False
@@ -226,8 +212,8 @@ def _forward(
     x: jax.Array, w: jax.Array, pads: tuple[tuple[int, int], tuple[int, int]], flipped: bool = False
 ) -> jax.Array:
     """The convolution of `x` by `w`; with `flipped`, by `w` reversed along its taps with its channel axes swapped
-    (the input gradient), read from `w` as it is: a transposed copy of the kernel, fused into its transform, took
-    10-18 ms per layer (a v4 train step spent 350 ms in them)."""
+    (the input gradient), read from `w` as it is (a transposed copy of the kernel, fused into its transform, was
+    slow)."""
     plan = _plan(x.shape, w.shape[:2], pads)
     v = _input_transform(x, w.shape[:2], pads)
     u = _kernel_transform(w.reshape(*(a.k for a in plan), *w.shape[2:]), plan, flipped=flipped)
@@ -241,7 +227,7 @@ def _forward(
         shape[batch + a.axis : batch + a.axis + 2] = [a.tiles * a.m]
         y = lax.slice_in_dim(y.reshape(shape), 0, a.out, axis=batch + a.axis)
     # Materialised: XLA's CPU backend otherwise recomputes the output transform inside consumers, e.g. in the
-    # transposed copy it makes for a following strided conv's weight gradient (150 ms for Reduction-A's 3x3 at b8).
+    # transposed copy it makes for a following strided conv's weight gradient.
     return materialise(y)
 
 

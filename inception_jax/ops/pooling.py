@@ -1,22 +1,39 @@
-"""The two pools of these networks, written as strided slices so that XLA fuses them into plain loops.
+"""The two pools of these networks with TensorFlow's semantics: the 3x3 stride-2 VALID max pool of the grid
+reductions and the 3x3 stride-1 SAME average pool that excludes padded zeros from each mean.
 
-`lax.reduce_window` (what `nn.max_pool` / `nn.avg_pool` lower to) runs as a naive window loop on XLA's CPU backend,
-and the max pool's gradient adds index iotas and a variadic reduce-window on top: together 0.7 of the 9.2
-thread-seconds of an Inception-v4 train step on CPU (batch 8, 299x299). A 3x3 window is nine shifted views of the
-input, so both pools become elementwise maxima and sums that fuse with their neighbours. The results equal
-TensorFlow's pools, gradients included.
+The reference is flax's `max_pool` / `avg_pool` (`lax.reduce_window`). On XLA's CPU backend a reduce-window runs as
+a naive window loop and the max pool's gradient adds index iotas and a variadic reduce-window, so the CPU kernels
+write a window as its shifted, strided views: elementwise maxima and sums that fuse with their neighbours, with a
+written max-pool gradient (ties go to the first maximum in row-major order, as in TensorFlow and PyTorch).
+Measurements: docs/performance.md.
 """
 
 from __future__ import annotations
 
 import functools
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from inception_jax.models.fusion_barrier import materialise
+from inception_jax.ops.barrier import materialise
+from inception_jax.ops.implementation import select
+
+
+def max_pool(x: jax.Array, window: int = 3, stride: int = 2, impl: str = "auto") -> jax.Array:
+    """Max pool over NHWC `x` with a square `window`, `stride` and VALID padding."""
+    reference = lambda v: nn.max_pool(v, (window, window), strides=(stride, stride), padding="VALID")
+    return select(impl, reference, lambda v: max_pool_valid(v, window, stride), x)
+
+
+def avg_pool(x: jax.Array, window: int = 3, include_padding: bool = False, impl: str = "auto") -> jax.Array:
+    """Stride-1 SAME average pool over NHWC `x`; padded zeros count in the mean only with `include_padding`
+    (PyTorch's `count_include_pad`, for timm's Inception-v3)."""
+    reference = lambda v: nn.avg_pool(v, (window, window), strides=(1, 1), padding="SAME",
+                                      count_include_pad=include_padding)  # fmt: skip
+    return select(impl, reference, lambda v: avg_pool_same(v, window, include_padding), x)
 
 
 def _views(x: jax.Array, window: int, stride: int, out_h: int, out_w: int) -> list[jax.Array]:
@@ -31,7 +48,7 @@ def _valid_size(size: int, window: int, stride: int) -> int:
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
 def max_pool_valid(x: jax.Array, window: int = 3, stride: int = 2) -> jax.Array:
-    """Max pool with a square `window`, `stride` and VALID padding over NHWC `x`."""
+    """The CPU kernel of `max_pool`: the maximum of the window's strided views, with a written gradient."""
     out_h, out_w = _valid_size(x.shape[1], window, stride), _valid_size(x.shape[2], window, stride)
     return functools.reduce(jnp.maximum, _views(x, window, stride, out_h, out_w))
 
@@ -52,7 +69,7 @@ def _max_pool_bwd(window: int, stride: int, residuals: tuple[jax.Array, jax.Arra
     for k in reversed(range(window * window)):
         first = jnp.where(views[k] == y, k, first)
     # Materialised once: fused into the assembly below, each input element re-derived the maximum and its index
-    # for every window it belongs to (190 ms for the 147x147x64 pool of an IR-v2 train step at batch 8).
+    # for every window it belongs to.
     first = materialise(first.astype(g.dtype))
     zero = jnp.zeros((), g.dtype)
     # Input row stride*q + r receives from window rows r, r + stride, ... of outputs q, q - 1, ...: assemble each of
@@ -85,8 +102,7 @@ def _same_window_counts(size: int, window: int) -> np.ndarray:
 
 
 def avg_pool_same(x: jax.Array, window: int = 3, include_padding: bool = False) -> jax.Array:
-    """Stride-1 SAME average pool over NHWC `x`; like TensorFlow it excludes padded zeros from each mean unless
-    `include_padding` (PyTorch's `count_include_pad`)."""
+    """The CPU kernel of `avg_pool`: separable sums of shifted views, divided by each window's count."""
     pad_lo, pad_hi = (window - 1) // 2, window // 2
     h, w = x.shape[1:3]
     padded = jnp.pad(x, ((0, 0), (pad_lo, pad_hi), (pad_lo, pad_hi), (0, 0)))

@@ -1,24 +1,16 @@
-"""The convolution every layer uses: `lax.conv_general_dilated` for NHWC/HWIO, reformulated where XLA's CPU backend
-is slow. Same parameters, same results (to float rounding), gradients included.
+"""Convolution, NHWC x HWIO: the reference `lax.conv_general_dilated` and the CPU kernels that replace it where
+XLA's CPU backend is slow. Same parameters, same results (to float rounding), gradients included.
 
-- Pointwise (1x1, stride 1) convolutions are matmuls. As convolutions, XLA's CPU backend transposes the input of
-  each one for the weight gradient and fuses the whole chain of elementwise ops that produced it into that transpose,
-  so a residual stack recomputed every earlier block's output in each block (quadratic work: 3.0 of the 13.6
-  thread-seconds of an Inception-ResNet-v2 train step at batch 8, 299x299). As a matmul neither happens.
-- Strided convolutions take their input gradient as stride x stride ordinary convolutions, one per output phase
-  ("sub-pixel" decomposition), instead of XLA's input-dilated convolution, which computes mostly on inserted zeros:
-  1.5-2.2x faster for the stem and grid-reduction convs at batch 8 in our timings.
-- Kernel taps that meet only padding (a kernel wider than its map: the 1x7s on the 3x3 maps and the 1x3s on the
-  1x1 maps of a 75x75 input) are dropped, exactly: at batch 32, 75x75, Inception-v4's three Inception-C blocks
-  (forward and both gradients) took 32 instead of 152 ms, its seven Inception-B blocks 152-155 instead of 182-190.
-- The convolutions XLA runs itself (neither 1x1 nor Winograd: e.g. the stems', the strided ones, the 3x3s on 32
-  channels) read a stored input (`fusion_barrier.stored_input`): XLA transposes it for the weight gradient and
-  otherwise recomputed BatchNorm + ReLU inside that transpose. The transposes of a v4 train step at batch 8, 299x299
-  took 171-261 ms of its profiled op time without, 88-155 ms with (XLA's profile, 5 steps in each of two processes
-  each way).
-- Wide 1xk and kx1 convolutions (the factorised 7x7s of the 17x17 blocks, the 1x3/3x1 of the 8x8 blocks) run as
-  one-dimensional Winograd convolutions, the 3x3 convolutions of the 35x35 blocks as two-dimensional ones
-  (`winograd.py`), on the CPU only and in float32 only.
+The CPU kernels (`cpu_conv`), each exact:
+- pointwise (1x1, stride 1) convolutions are 2-D matmuls with a written gradient (as convolutions, XLA's CPU
+  backend transposes the input for the weight gradient and fuses its whole producer chain into that transpose);
+- kernel taps that meet only padding (a kernel wider than its map) are dropped;
+- strided convolutions take their input gradient as stride x stride ordinary convolutions, one per output phase,
+  instead of XLA's input-dilated convolution, which computes mostly on inserted zeros;
+- wide 1xk / kx1 convolutions and the 3x3 convolutions of the 35x35 maps run as Winograd convolutions
+  (`winograd.py`, float32 only);
+- the convolutions XLA runs itself read a stored input (`barrier.stored_input`).
+Measurements: docs/performance.md.
 """
 
 from __future__ import annotations
@@ -31,8 +23,9 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from inception_jax.models import winograd
-from inception_jax.models.fusion_barrier import stored_input
+from inception_jax.ops import winograd
+from inception_jax.ops.barrier import stored_input
+from inception_jax.ops.implementation import select
 
 _NHWC = ("NHWC", "HWIO", "NHWC")
 
@@ -47,9 +40,12 @@ def conv_general_dilated(
     dimension_numbers: Any = None,
     feature_group_count: int = 1,
     precision: Any = None,
+    *,
+    impl: str = "auto",
 ) -> jax.Array:
-    """Drop-in for `lax.conv_general_dilated` (as `nn.Conv(conv_general_dilated=...)` calls it) over NHWC inputs
-    and HWIO kernels."""
+    """`lax.conv_general_dilated` (as `nn.Conv(conv_general_dilated=...)` calls it), with `impl` choosing the
+    reference or the CPU kernels (`ops.IMPLEMENTATIONS`). Only plain NHWC x HWIO convolutions (no dilation or
+    groups) have CPU kernels; any other convolution is the reference in every mode."""
     plain = (
         lhs.ndim == 4
         and all(d == 1 for d in (*(lhs_dilation or (1, 1)), *(rhs_dilation or (1, 1))))
@@ -57,30 +53,41 @@ def conv_general_dilated(
         and lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
         == lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC)
     )
+    if not plain:
+        return lax.conv_general_dilated(
+            lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
+            dimension_numbers=dimension_numbers, feature_group_count=feature_group_count, precision=precision,
+        )  # fmt: skip
     strides = tuple(window_strides)
-    if plain:
-        if isinstance(padding, str):
-            padding = lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], strides, padding)
-        rhs, padding = trim_padding_taps(lhs.shape[1:3], rhs, strides, padding)
-        if rhs.shape[:2] == (1, 1) and strides == (1, 1) and padding == ((0, 0), (0, 0)):
-            return pointwise(lhs, rhs[0, 0], precision)
-        if winograd.applies(lhs.shape, rhs.shape, strides, padding, lhs.dtype):
-            direct = functools.partial(lax.conv_general_dilated, window_strides=strides, padding=padding,
-                                       dimension_numbers=_NHWC, precision=precision)  # fmt: skip
+    if isinstance(padding, str):
+        padding = lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], strides, padding)
+    padding = tuple(tuple(p) for p in padding)
+    reference = functools.partial(reference_conv, strides=strides, padding=padding, precision=precision)
+    cpu = functools.partial(cpu_conv, strides=strides, padding=padding, precision=precision)
+    return select(impl, reference, cpu, lhs, rhs)
 
-            def fast(x: jax.Array, w: jax.Array) -> jax.Array:
-                return winograd.conv(x, w, padding)
 
-            # GPUs and TPUs have convolution libraries that beat this decomposition: only the CPU takes it.
-            return lax.platform_dependent(lhs, rhs, cpu=fast, default=direct)
-        # XLA's own convolution from here on: its weight gradient transposes the input, which must be a stored array.
-        lhs = stored_input(lhs)
-        if strides != (1, 1):
-            return strided_conv(lhs, rhs, strides, padding, precision)
-    return lax.conv_general_dilated(
-        lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
-        dimension_numbers=dimension_numbers, feature_group_count=feature_group_count, precision=precision,
-    )  # fmt: skip
+def reference_conv(
+    x: jax.Array, w: jax.Array, strides: tuple[int, int], padding: tuple[tuple[int, int], ...], precision: Any = None
+) -> jax.Array:
+    """The reference: XLA's own convolution (cuDNN on GPUs, the TPU's convolution units)."""
+    return lax.conv_general_dilated(x, w, strides, padding, dimension_numbers=_NHWC, precision=precision)
+
+
+def cpu_conv(
+    x: jax.Array, w: jax.Array, strides: tuple[int, int], padding: tuple[tuple[int, int], ...], precision: Any = None
+) -> jax.Array:
+    """The CPU kernels: matmul, trimmed taps, Winograd, per-phase input gradients, stored inputs (module doc)."""
+    w, padding = trim_padding_taps(x.shape[1:3], w, strides, padding)
+    if w.shape[:2] == (1, 1) and strides == (1, 1) and padding == ((0, 0), (0, 0)):
+        return pointwise(x, w[0, 0], precision)
+    if winograd.applies(x.shape, w.shape, strides, padding, x.dtype):
+        return winograd.conv(x, w, padding)
+    # XLA's own convolution from here on: its weight gradient transposes the input, which must be a stored array.
+    x = stored_input(x)
+    if strides != (1, 1):
+        return strided_conv(x, w, strides, padding, precision)
+    return reference_conv(x, w, strides, padding, precision)
 
 
 def trim_padding_taps(
@@ -111,8 +118,8 @@ def pointwise(x: jax.Array, w: jax.Array, precision: Any = None) -> jax.Array:
     """A 1x1 convolution, NHWC x IO, as one (N*H*W, I) x (I, O) matmul, gradients included.
 
     Flattened to two dimensions: differentiated as a 4-D dot, the weight gradient contracts three axes, and XLA's
-    CPU backend copied the output gradient into a transposed buffer for it (13-19 ms per 35x35x320 layer at batch
-    8); as 2-D dots Eigen reads both operands in place. The custom gradient keeps the 4-D input as the residual, so
+    CPU backend copied the output gradient into a transposed buffer for it; as 2-D dots Eigen reads both operands
+    in place. The custom gradient keeps the 4-D input as the residual, so
     that several 1x1 convs of one input share it (JAX would count each one's flattened view as a separate
     activation; XLA's reshapes are free either way).
     """

@@ -1,7 +1,9 @@
-"""The reformulated convolution and pools equal the lax/flax operations they replace, values and gradients; the
-fusion barrier is an exact identity that stops XLA recomputing a residual stack; the fused BatchNorm + ReLU equals
-flax's, statistics and gradients included."""
+"""The ops' CPU kernels equal their references, values and gradients: the convolution and pools equal the lax/flax
+operations they replace, the fusion barrier is an exact identity that stops XLA recomputing a residual stack, and
+BatchNorm + ReLU equals flax's, statistics and gradients included, in both implementations; and the CPU kernels do
+what they exist for, in XLA's compiled CPU programs."""
 
+import functools
 import re
 
 import flax.linen as nn
@@ -11,9 +13,12 @@ import numpy as np
 import pytest
 from jax import lax
 
-from inception_jax.models import batchnorm, convolution, fusion_barrier, pooling, winograd
+from inception_jax.models import layers
+from inception_jax.ops import barrier, pooling, winograd
+from inception_jax.ops import conv as conv_ops
 
 NHWC = ("NHWC", "HWIO", "NHWC")
+cpu_conv = functools.partial(conv_ops.conv_general_dilated, impl="cpu")  # lax.conv_general_dilated's signature
 
 
 def relative_error(a: jax.Array, b: jax.Array) -> float:
@@ -72,7 +77,7 @@ def check_conv_against_lax(x_shape, kernel, features, stride, padding, tolerance
         y = conv(x, w, (stride, stride), padding, dimension_numbers=dn)
         return jnp.sum(y * jnp.cos(jnp.arange(y.size, dtype=y.dtype).reshape(y.shape))), y
 
-    (_, y), grads = jax.jit(jax.value_and_grad(lambda x, w: loss(convolution.conv_general_dilated, x, w),
+    (_, y), grads = jax.jit(jax.value_and_grad(lambda x, w: loss(cpu_conv, x, w),
                                                argnums=(0, 1), has_aux=True))(x, w)  # fmt: skip
     (_, y_ref), grads_ref = jax.value_and_grad(lambda x, w: loss(lax.conv_general_dilated, x, w),
                                                argnums=(0, 1), has_aux=True)(x, w)  # fmt: skip
@@ -111,7 +116,7 @@ def test_winograd_transforms_compute_the_correlation(m, r):
 def test_winograd_applies_only_to_wide_float32_cpu_convs():
     x = jnp.zeros((1, 9, 9, 128))
     dn = lax.conv_dimension_numbers(x.shape, (1, 7, 128, 128), NHWC)
-    conv = lambda x, w: convolution.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=dn)  # noqa: E731
+    conv = lambda x, w: cpu_conv(x, w, (1, 1), "SAME", dimension_numbers=dn)  # noqa: E731
     w = jnp.zeros((1, 7, 128, 128))
     assert "dot_general" in str(jax.make_jaxpr(conv)(x, w))
     assert "dot_general" not in str(jax.make_jaxpr(conv)(x.astype(jnp.bfloat16), w.astype(jnp.bfloat16)))
@@ -124,12 +129,13 @@ def test_winograd_applies_only_to_wide_float32_cpu_convs():
                                       ((1, 8, 8, 448), 384, False), ((1, 35, 35, 32), 32, False)]:  # fmt: skip
         x3, w3 = jnp.zeros(shape), jnp.zeros((3, 3, shape[-1], channels))
         dn3 = lax.conv_dimension_numbers(x3.shape, w3.shape, NHWC)
-        jaxpr = str(jax.make_jaxpr(lambda x, w, dn3=dn3: convolution.conv_general_dilated(
+        jaxpr = str(jax.make_jaxpr(lambda x, w, dn3=dn3: cpu_conv(
             x, w, (1, 1), "SAME", dimension_numbers=dn3))(x3, w3))  # fmt: skip
         assert ("dot_general" in jaxpr) == expected, (shape, channels)
-    # Lowered for a GPU, the direct convolution is all that is left.
+    # In "auto", lowered for a GPU, the direct convolution is all that is left.
+    auto = lambda x, w: conv_ops.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=dn)  # noqa: E731
     for platform, winograd_expected in (("cpu", True), ("cuda", False)):
-        module = jax.export.export(jax.jit(conv), platforms=[platform])(x, w).mlir_module()
+        module = jax.export.export(jax.jit(auto), platforms=[platform])(x, w).mlir_module()
         assert ("dot_general" in module) == winograd_expected, platform
 
 
@@ -137,7 +143,7 @@ def test_conv_takes_the_fast_paths():
     """Pointwise convs become matmuls; strided convs' input gradients are not input-dilated convolutions."""
     x = jnp.zeros((1, 9, 9, 4))
     dn = lax.conv_dimension_numbers(x.shape, (1, 1, 4, 8), NHWC)
-    conv = lambda stride: lambda x, w: convolution.conv_general_dilated(x, w, stride, "VALID", dimension_numbers=dn)
+    conv = lambda stride: lambda x, w: cpu_conv(x, w, stride, "VALID", dimension_numbers=dn)
     pointwise = str(jax.make_jaxpr(conv((1, 1)))(x, jnp.zeros((1, 1, 4, 8))))
     assert "dot_general" in pointwise and "conv_general_dilated" not in pointwise
     strided = str(jax.make_jaxpr(jax.grad(lambda x, w: conv((2, 2))(x, w).sum()))(x, jnp.zeros((3, 3, 4, 8))))
@@ -151,7 +157,7 @@ def test_conv_drops_the_taps_that_meet_only_padding():
     def operations(x_shape, kernel):
         x, w = jnp.zeros(x_shape), jnp.zeros((*kernel, x_shape[-1], 8))
         dn = lax.conv_dimension_numbers(x.shape, w.shape, NHWC)
-        conv = lambda x, w: convolution.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=dn)  # noqa: E731
+        conv = lambda x, w: cpu_conv(x, w, (1, 1), "SAME", dimension_numbers=dn)  # noqa: E731
         return [(e.primitive.name, [v.aval.shape for v in e.invars]) for e in jax.make_jaxpr(conv)(x, w).eqns]
 
     centre = operations((2, 1, 1, 4), (1, 3))
@@ -169,7 +175,7 @@ def test_pointwise_conv_weight_gradient_reads_operands_in_place():
     (and the input) into transposed (channels, pixels) buffers; as a 2-D dot it reads them as they are."""
     x, g = random((2, 9, 9, 16), 6), random((2, 9, 9, 16), 7)
     w1, w2 = random((1, 1, 16, 8), 8) * 0.3, random((1, 1, 8, 16), 9) * 0.3
-    conv = lambda x, w: convolution.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=NHWC)
+    conv = lambda x, w: cpu_conv(x, w, (1, 1), "SAME", dimension_numbers=NHWC)
     loss = lambda x, w1, w2: jnp.sum(jax.nn.relu(x + 0.2 * conv(jax.nn.relu(conv(x, w1)), w2)) * g)
     hlo = jax.jit(jax.grad(loss, argnums=(0, 1, 2))).lower(x, w1, w2).compile().as_text()
     assert not re.search(r"f32\[(8|16),162\]", hlo), "a transposed copy of an activation or its gradient"
@@ -230,7 +236,7 @@ def test_winograd_output_transform_runs_once():
     weight gradient reads, and in the ReLU's gradient)."""
     x, w1, w2 = random((2, 35, 35, 48), 10), random((3, 3, 48, 48), 11) * 0.1, random((3, 3, 48, 64), 12) * 0.1
     assert winograd.applies(x.shape, w1.shape, (1, 1), ((1, 1), (1, 1)), x.dtype)
-    conv = lambda x, w, s, p: convolution.conv_general_dilated(x, w, s, p, dimension_numbers=NHWC)
+    conv = lambda x, w, s, p: cpu_conv(x, w, s, p, dimension_numbers=NHWC)
     hidden = lambda x, w1: jax.nn.relu(conv(x, w1, (1, 1), "SAME") * 1.2 + 0.1)
     loss = lambda x, w1, w2: jnp.sum(conv(hidden(x, w1), w2, (2, 2), "VALID") ** 2)
     hlo = jax.jit(jax.grad(loss, argnums=(1, 2))).lower(x, w1, w2).compile().as_text()
@@ -241,34 +247,29 @@ def test_winograd_output_transform_runs_once():
     assert len([line for line in readers if " fusion(" in line]) == 1, readers
 
 
-def test_inception_a_block_is_unchanged_by_winograd(monkeypatch):
-    """A whole v4 Inception-A block (Fig. 4) at its 35x35 size, where its 3x3 convs take F(4x4, 3x3): outputs, BN
-    statistics and parameter gradients equal the direct convolutions'."""
-    from inception_jax.models import inception_v4, layers
+def test_inception_a_block_is_the_same_with_cpu_kernels(monkeypatch):
+    """A whole v4 Inception-A block (Fig. 4) at its 35x35 size, where the CPU kernels run its three 3x3 convs as
+    F(4x4, 3x3) and its 1x1s as matmuls: outputs, BN statistics and parameter gradients equal the reference's."""
+    from inception_jax.models import inception_v4
 
-    block = inception_v4.InceptionA(layers.LayerConfig())
     x = random((2, 35, 35, 384), 6)
-    variables = block.init(jax.random.key(0), x, train=True)
+    variables = inception_v4.InceptionA(layers.LayerConfig()).init(jax.random.key(0), x, train=True)
+    winograd_calls = []
+    original = winograd.conv
+    monkeypatch.setattr(winograd, "conv", lambda *a: winograd_calls.append(a[1].shape) or original(*a))
 
-    def make_run():  # a fresh function per call: jit would otherwise reuse the first trace
-        def run(x):
-            def loss(params):
-                y, updates = block.apply({**variables, "params": params}, x, train=True, mutable=["batch_stats"])
-                return jnp.sum(y * jnp.cos(jnp.arange(y.size, dtype=y.dtype).reshape(y.shape))), (y, updates)
+    def run(impl):
+        block = inception_v4.InceptionA(layers.LayerConfig(ops=impl))
 
-            return jax.grad(loss, has_aux=True)(variables["params"])
+        def loss(params):
+            y, updates = block.apply({**variables, "params": params}, x, train=True, mutable=["batch_stats"])
+            return jnp.sum(y * jnp.cos(jnp.arange(y.size, dtype=y.dtype).reshape(y.shape))), (y, updates)
 
-        return run
+        return jax.jit(jax.grad(loss, has_aux=True))(variables["params"])
 
-    def custom_vjps() -> int:
-        forward = jax.make_jaxpr(lambda x: block.apply(variables, x, train=True, mutable=["batch_stats"]))(x)
-        return str(forward).count("custom_vjp_call") - str(forward).count("name=stored_input")
-
-    grads, (y, stats) = jax.jit(make_run())(x)
-    with_winograd = custom_vjps()
-    monkeypatch.setattr(winograd, "applies", lambda *args: False)
-    grads_ref, (y_ref, stats_ref) = jax.jit(make_run())(x)
-    assert custom_vjps() == with_winograd - 3  # the block's three 3x3s
+    grads, (y, stats) = run("cpu")
+    assert winograd_calls == [(3, 3, 64, 96), (3, 3, 64, 96), (3, 3, 96, 96)]
+    grads_ref, (y_ref, stats_ref) = run("reference")
     assert relative_error(y, y_ref) < 5e-5
     for tree, ref in ((grads, grads_ref), (stats, stats_ref)):
         for leaf, leaf_ref in zip(jax.tree.leaves(tree), jax.tree.leaves(ref), strict=True):
@@ -279,20 +280,20 @@ def test_inception_a_block_is_unchanged_by_winograd(monkeypatch):
 def test_fusion_barrier_is_an_exact_identity(dtype):
     specials = [0.0, -0.0, 1.5, -2.25, np.inf, -np.inf, np.nan, 1e-40, 6e-8, -6e4]
     x = jnp.concatenate([jnp.asarray(specials, dtype), random((4, 7), 8).astype(dtype).ravel()])
-    y = jax.jit(fusion_barrier.fusion_barrier)(x)
+    y = jax.jit(barrier.fusion_barrier)(x)
     assert y.dtype == x.dtype
     # Bit for bit, so -0.0, NaN payloads and subnormals survive too.
     bits = jnp.uint16 if x.itemsize == 2 else jnp.uint32
     np.testing.assert_array_equal(lax.bitcast_convert_type(y, bits), lax.bitcast_convert_type(x, bits))
     c = random((40,), 9)
-    grad = jax.jit(jax.grad(lambda v: jnp.sum(fusion_barrier.fusion_barrier(v) * c)))(random((40,), 10))
+    grad = jax.jit(jax.grad(lambda v: jnp.sum(barrier.fusion_barrier(v) * c)))(random((40,), 10))
     np.testing.assert_array_equal(grad, c)
 
 
-def residual_stack_loss(params, x, barrier: bool):
+def residual_stack_loss(params, x, with_barrier: bool):
     for p in params:
         x = jax.nn.relu(x + 0.1 * (jax.nn.relu(x @ p["down"]) @ p["up"] + p["bias"]))
-        x = fusion_barrier.fusion_barrier(x) if barrier else x
+        x = barrier.residual(x, impl="cpu") if with_barrier else x
     return jnp.sum(x * x)
 
 
@@ -303,15 +304,15 @@ def test_fusion_barrier_stops_recomputation_down_a_residual_stack():
               for i in range(8)]  # fmt: skip
     x = random((512, 64), 11)
 
-    def widest_fusion(barrier: bool) -> int:
+    def widest_fusion(with_barrier: bool) -> int:
         step = jax.jit(jax.value_and_grad(residual_stack_loss), static_argnums=2)
-        hlo = step.lower(params, x, barrier).compile().as_text()
+        hlo = step.lower(params, x, with_barrier).compile().as_text()
         fusions = re.findall(r"= \S+ fusion\((.*)", hlo)
         return max(len(set(re.findall(r"params_(\d+)___bias", operands))) for operands in fusions)
 
-    if widest_fusion(barrier=False) < 3:
+    if widest_fusion(with_barrier=False) < 3:
         pytest.skip("this XLA no longer fuses across residual blocks; the barrier may be unneeded")
-    assert widest_fusion(barrier=True) <= 2
+    assert widest_fusion(with_barrier=True) <= 2
     loss, grads = jax.jit(jax.value_and_grad(residual_stack_loss), static_argnums=2)(params, x, True)
     loss_ref, grads_ref = jax.jit(jax.value_and_grad(residual_stack_loss), static_argnums=2)(params, x, False)
     assert relative_error(loss, loss_ref) < 1e-6
@@ -341,14 +342,14 @@ def test_xla_convolutions_transpose_a_stored_input(strides):
 
     if not transposes_recomputing_relu(lax.conv_general_dilated):
         pytest.skip("this XLA no longer fuses the producer into the weight gradient's transpose")
-    assert transposes_recomputing_relu(convolution.conv_general_dilated) == []
-    grads = gradient(convolution.conv_general_dilated)(w, scale, shift)
+    assert transposes_recomputing_relu(cpu_conv) == []
+    grads = gradient(cpu_conv)(w, scale, shift)
     grads_ref = gradient(lax.conv_general_dilated)(w, scale, shift)
     for leaf, leaf_ref in zip(grads, grads_ref, strict=True):
         assert relative_error(leaf, leaf_ref) < 1e-5
 
 
-def _flax_and_fused_batchnorm(activate: bool, use_scale: bool, axis_name: str | None = None):
+def _flax_and_fused_batchnorm(activate: bool, use_scale: bool, axis_name: str | None = None, impl: str = "cpu"):
     kwargs = dict(momentum=0.9, epsilon=1e-3, use_scale=use_scale, axis_name=axis_name, name="bn")
 
     class Flax(nn.Module):
@@ -360,7 +361,7 @@ def _flax_and_fused_batchnorm(activate: bool, use_scale: bool, axis_name: str | 
     class Fused(nn.Module):
         @nn.compact
         def __call__(self, x, train):
-            return batchnorm.BatchNorm(use_running_average=not train, activate=activate, **kwargs)(x)
+            return layers.BatchNorm(activate=activate, ops=impl, **kwargs)(x, use_running_average=not train)
 
     return Flax(), Fused()
 
@@ -373,10 +374,11 @@ def _bn_loss(model, variables, params, x, r):
     return jnp.sum(y * r) + 3.0 * jnp.sum(stats["var"]) - jnp.sum(stats["mean"]), updates
 
 
+@pytest.mark.parametrize("impl", ["reference", "cpu"])
 @pytest.mark.parametrize("activate", [True, False])
 @pytest.mark.parametrize("use_scale", [True, False])
-def test_fused_batchnorm_matches_flax(activate, use_scale):
-    reference, fused = _flax_and_fused_batchnorm(activate, use_scale)
+def test_batchnorm_matches_flax(activate, use_scale, impl):
+    reference, fused = _flax_and_fused_batchnorm(activate, use_scale, impl=impl)
     x = 0.5 + 2.0 * random((4, 5, 6, 7), 0)
     r = random(x.shape, 1)
     variables = reference.init(jax.random.key(0), x, True)
@@ -395,9 +397,10 @@ def test_fused_batchnorm_matches_flax(activate, use_scale):
     assert float(jnp.max(jnp.abs(outputs[1][2][1]))) > 0.1  # the input gradient is not trivially zero
 
 
-def test_fused_batchnorm_matches_flax_across_devices():
+@pytest.mark.parametrize("impl", ["reference", "cpu"])
+def test_batchnorm_matches_flax_across_devices(impl):
     """With `axis_name`, statistics and the input gradient span the devices, parameter gradients stay local."""
-    reference, fused = _flax_and_fused_batchnorm(True, True, axis_name="devices")
+    reference, fused = _flax_and_fused_batchnorm(True, True, axis_name="devices", impl=impl)
     x = random((3, 2, 4, 4, 5), 3)  # 3 devices of 2 images
     r = random(x.shape[1:], 4)
     variables = reference.init(jax.random.key(0), x[0], True)
@@ -413,7 +416,7 @@ def test_fused_batchnorm_matches_flax_across_devices():
         np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5)
 
 
-def test_fused_batchnorm_keeps_bfloat16():
+def test_cpu_batchnorm_keeps_bfloat16():
     _, fused = _flax_and_fused_batchnorm(True, False)
     x = random((2, 3, 3, 4), 6).astype(jnp.bfloat16)
     variables = fused.init(jax.random.key(0), x, True)
@@ -421,57 +424,3 @@ def test_fused_batchnorm_keeps_bfloat16():
     assert y.dtype == jnp.bfloat16 and updates["batch_stats"]["bn"]["mean"].dtype == jnp.float32
     grad = jax.grad(lambda x: jnp.sum(fused.apply(variables, x, True, mutable=["batch_stats"])[0]))(x)
     assert grad.dtype == jnp.bfloat16
-
-
-class _Branches(nn.Module):
-    """Three branches reading one input, their first layers 1x1: merged (`conv_branches`) or one by one."""
-
-    merged: bool
-    bn_folded: bool = False
-
-    @nn.compact
-    def __call__(self, x, train):
-        from inception_jax.models import layers
-
-        cfg = layers.LayerConfig(bn_momentum=0.5, bn_folded=self.bn_folded, bn_scale=True)
-        branches = [("branch0", [(8, 1)]), ("branch1", [(12, 1), (8, 3)]), ("branch2", [(4, 1), (6, 3), (8, 3)])]
-        if self.merged:
-            return jnp.concatenate(layers.conv_branches(x, train, cfg, branches), axis=-1)
-        return jnp.concatenate([layers.conv_sequence(x, train, cfg, p, ls) for p, ls in branches], axis=-1)
-
-
-def test_conv_branches_merge_the_leading_1x1s_with_the_same_variables_and_results():
-    x = random((2, 9, 9, 16), 0)
-    r = random((2, 9, 9, 24), 1)
-    merged, separate = _Branches(merged=True), _Branches(merged=False)
-    variables = separate.init(jax.random.key(0), x, True)
-    assert jax.tree.map(jnp.shape, merged.init(jax.random.key(0), x, True)) == jax.tree.map(jnp.shape, variables)
-    np.testing.assert_array_equal(  # same names, so the same initial values (checkpoints and weight import)
-        merged.init(jax.random.key(0), x, True)["params"]["branch1_0"]["conv"]["kernel"],
-        variables["params"]["branch1_0"]["conv"]["kernel"],
-    )
-    params = jax.tree.map(lambda p: p + 0.3 * random(p.shape, 2), variables["params"])
-
-    def loss(model, params, x):
-        y, updates = model.apply({"params": params, "batch_stats": variables["batch_stats"]}, x, True,
-                                 mutable=["batch_stats"])  # fmt: skip
-        return jnp.sum(y * r), updates
-
-    results = [jax.value_and_grad(lambda p, x, m=m: loss(m, p, x), argnums=(0, 1), has_aux=True)(params, x)
-               for m in (merged, separate)]  # fmt: skip
-    for a, b in zip(jax.tree.leaves(results[0]), jax.tree.leaves(results[1]), strict=True):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
-    # One matmul for the three 1x1s (the 3x3s here are XLA convolutions): forward, and in the gradient one for the
-    # input and one for the weights.
-    dots = lambda m: str(jax.make_jaxpr(lambda p, x: loss(m, p, x)[0])(params, x)).count("dot_general")
-    grad_dots = lambda m: str(jax.make_jaxpr(jax.grad(lambda p, x: loss(m, p, x)[0], (0, 1)))(params, x)).count(
-        "dot_general"
-    )
-    assert (dots(merged), dots(separate)) == (1, 3)
-    assert (grad_dots(merged), grad_dots(separate)) == (3, 9)
-    # With BatchNorm folded into the convs (inference), the merged units add their own biases.
-    folded = {
-        "params": jax.tree.map(lambda p: p + 0.1, _Branches(False, True).init(jax.random.key(1), x, False)["params"])
-    }
-    folded_merged = _Branches(True, True).apply(folded, x, False)
-    np.testing.assert_allclose(folded_merged, _Branches(False, True).apply(folded, x, False), rtol=1e-5, atol=1e-5)
