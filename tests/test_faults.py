@@ -1,0 +1,282 @@
+"""Faults a long run must survive without losing anything (issue 24, docs/faults.md): a non-finite loss (stop and
+skip), damaged checkpoints, a SIGKILL during an asynchronous save, a changed config on resume and bad images."""
+
+import glob
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+from absl import flags
+from PIL import Image
+from test_training import tiny_config
+
+from inception_jax import data
+from inception_jax.training import checkpoints, loop, sharding
+from inception_jax.training import config as config_lib
+from inception_jax.training.metrics import read_jsonl
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY_CONFIG = os.path.join(ROOT, "tests", "tiny_config.py")
+STATE_PARTS = ("params", "batch_stats", "opt_state", "ema_params", "ema_batch_stats", "rng")
+
+
+def keep_states(states):
+    """A step_callback that keeps every step's state on the host."""
+    return lambda step, state: states.__setitem__(step, jax.device_get(state))
+
+
+def assert_states_equal(a, b):
+    assert int(a.step) == int(b.step)
+    for part in STATE_PARTS:
+        jax.tree.map(np.testing.assert_array_equal, getattr(a, part), getattr(b, part))
+
+
+def messages(caplog, level=logging.WARNING):
+    return [r.getMessage() for r in caplog.records if r.levelno >= level]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """An undamaged 6-step run checkpointed at 2, 4 and 6, and its final state (tests copy the workdir)."""
+    workdir = str(tmp_path_factory.mktemp("reference"))
+    states = {}
+    loop.train_and_evaluate(tiny_config(checkpoint_every_steps=2), workdir, step_callback=keep_states(states))
+    assert checkpoints.saved_steps(os.path.join(workdir, "checkpoints")) == [2, 4, 6]
+    return workdir, states[6]
+
+
+def copy_run(reference, tmp_path):
+    workdir = str(tmp_path / "run")
+    shutil.copytree(reference[0], workdir)
+    return workdir
+
+
+def run_main(*args):
+    """`python -m inception_jax.main` in this process (its compiled programs are shared with the other tests):
+    (exit code, stderr lines printed)."""
+    from inception_jax import main
+
+    flags.FLAGS.unparse_flags()
+    flags.FLAGS(["main", *args])
+    return main.main(["main"])
+
+
+# --- non-finite loss ----------------------------------------------------------------------------------------------
+
+
+def test_nan_stop_keeps_the_good_checkpoints_and_exits_3(reference, tmp_path, capsys, caplog):
+    workdir = copy_run(reference, tmp_path)
+    code = run_main(f"--config={TINY_CONFIG}", f"--workdir={workdir}", "--config.mode=train",
+                    "--config.checkpoint_every_steps=2", "--config.num_train_steps=20",
+                    "--config.learning_rate=1e12")
+    err = capsys.readouterr().err
+    print(err)
+    assert code == 3
+    [line] = [x for x in err.splitlines() if x.startswith("error:")]
+    assert "non-finite loss" in line and "nan_policy=stop" in line and "stopped without saving" in line
+    records = [r for r in read_jsonl(os.path.join(workdir, "metrics.jsonl")) if r["split"] == "train"]
+    steps_saved = checkpoints.saved_steps(os.path.join(workdir, "checkpoints"))
+    bad_step = int(line.split(" at step ")[1].split()[0])
+    good = max(steps_saved)
+    assert good < bad_step and f"last good checkpoint is step {good} ({workdir}/checkpoints/{good})" in line
+    assert any("learning_rate 0.045 -> 1e+12" in m for m in messages(caplog, logging.INFO))  # a safe change, logged
+    # The good checkpoint restores and holds only finite numbers.
+    config = tiny_config(learning_rate=1e12)
+    experiment = loop.Experiment(config)
+    ckpt = checkpoints.Checkpointer(os.path.join(workdir, "checkpoints"))
+    state, meta = ckpt.restore(experiment.abstract_state)
+    ckpt.close()
+    assert meta["step"] == good
+    assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(jax.device_get(state.params)))
+    assert records and all(r["step"] < bad_step or not r.get("skipped") for r in records)
+
+
+def test_nan_skip_drops_the_update_and_stops_after_max_skips(reference, tmp_path, caplog):
+    workdir = copy_run(reference, tmp_path)
+    states = {}
+    config = tiny_config(learning_rate=1e12, nan_policy="skip", nan_max_skips=3, num_train_steps=20,
+                         log_every_steps=1)
+    with pytest.raises(loop.NonFiniteError, match="3 skipped steps in a row, nan_max_skips=3") as error:
+        loop.train_and_evaluate(config, workdir, step_callback=keep_states(states))
+    print(error.value)
+    records = {r["step"]: r for r in read_jsonl(os.path.join(workdir, "metrics.jsonl")) if r["split"] == "train"}
+    skipped = sorted(s for s, r in records.items() if s > 6 and r["skipped"])
+    assert len(skipped) >= 2, records  # the third skip stopped the run before its record was written
+    for step in skipped:
+        before, after = states[step - 1], states[step]
+        assert int(after.step) == int(before.step) + 1  # the data position moved on
+        for part in STATE_PARTS:  # and nothing else changed
+            jax.tree.map(np.testing.assert_array_equal, getattr(after, part), getattr(before, part))
+    warnings = [m for m in messages(caplog) if "update skipped" in m]
+    print("\n".join(warnings))
+    assert len(warnings) == 2 and "1 in a row" in warnings[0]
+
+
+# --- damaged checkpoints ------------------------------------------------------------------------------------------
+
+
+def test_damaged_newest_checkpoints_fall_back_to_the_previous_one(reference, tmp_path, caplog):
+    workdir = copy_run(reference, tmp_path)
+    directory = os.path.join(workdir, "checkpoints")
+    for path in glob.glob(f"{directory}/6/state/**/d/*", recursive=True):  # truncated array files
+        with open(path, "r+b") as f:
+            f.truncate(os.path.getsize(path) // 2)
+    for path in glob.glob(f"{directory}/4/state/**/d/*", recursive=True):  # deleted array files
+        os.remove(path)
+    states = {}
+    summary = loop.train_and_evaluate(tiny_config(checkpoint_every_steps=2), workdir,
+                                      step_callback=keep_states(states))
+    print("\n".join(messages(caplog)))
+    assert summary["step"] == 6 and min(states) == 3  # resumed from step 2
+    assert_states_equal(states[6], reference[1])
+    assert sorted(os.listdir(os.path.join(directory, "damaged"))) == ["4", "6"]  # kept, out of the way
+    assert checkpoints.saved_steps(directory) == [2, 4, 6]
+    warnings = messages(caplog)
+    assert any(f"checkpoint of step 6 ({directory}/6) does not restore" in m for m in warnings)
+    assert any("resuming from the older checkpoint of step 2" in m for m in warnings)
+
+
+def test_garbled_metadata_falls_back_and_none_readable_is_an_error(tmp_path, caplog):
+    directory = str(tmp_path / "ckpt")
+    ckpt = checkpoints.Checkpointer(directory, keep=3)
+    for step in (1, 2, 3):
+        ckpt.save(step, {"w": np.full((4,), float(step), np.float32)}, {"step": step, "data_position": step})
+    ckpt.close()
+    with open(f"{directory}/3/meta/metadata", "w") as f:
+        f.write('{"step": 3, "data_po')
+    os.remove(f"{directory}/2/meta/metadata")
+    abstract = {"w": jax.ShapeDtypeStruct((4,), np.float32, sharding=sharding.replicated(sharding.make_mesh()))}
+    ckpt = checkpoints.Checkpointer(directory)
+    state, meta = ckpt.restore(abstract)
+    assert meta["step"] == 1 and float(state["w"][0]) == 1.0
+    print("\n".join(messages(caplog)))
+    assert sorted(os.listdir(f"{directory}/damaged")) == ["2", "3"]
+    for path in glob.glob(f"{directory}/1/state/**/d/*", recursive=True):
+        os.remove(path)
+    ckpt.close()
+    ckpt = checkpoints.Checkpointer(directory)
+    with pytest.raises(checkpoints.CheckpointError, match=f"step 1 at {directory}/1") as error:
+        ckpt.restore(abstract)
+    print(error.value)
+    assert checkpoints.saved_steps(directory) == [1]  # nothing moved when nothing restores
+    ckpt.close()
+
+
+def test_sigkill_during_an_async_save_leaves_the_previous_checkpoint(tmp_path):
+    workdir = tmp_path / "run"
+    directory = workdir / "checkpoints"
+    env = dict(os.environ, XLA_FLAGS=" ".join(f for f in os.environ["XLA_FLAGS"].split()
+                                              if "device_count" not in f))
+    process = subprocess.Popen(
+        [sys.executable, "-m", "inception_jax.main", f"--config={TINY_CONFIG}", f"--workdir={workdir}",
+         "--config.mode=train", "--config.num_train_steps=400", "--config.checkpoint_every_steps=1"],
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline, in_flight = time.monotonic() + 240, []
+    try:
+        while time.monotonic() < deadline and process.poll() is None:
+            entries = os.listdir(directory) if directory.is_dir() else []
+            in_flight = [e for e in entries if "tmp" in e]
+            if in_flight and any(e.isdigit() for e in entries):  # a save under way, an older one finished
+                process.send_signal(signal.SIGKILL)
+                break
+    finally:
+        process.kill()
+        process.wait()
+    assert in_flight, "never saw a save in progress"
+    left = os.listdir(directory)
+    print("killed during", in_flight, "left:", sorted(left))
+    finished = checkpoints.saved_steps(str(directory))
+    assert finished and all(e.isdigit() or "tmp" in e for e in left)
+    config = tiny_config()
+    ckpt = checkpoints.Checkpointer(str(directory))
+    state, meta = ckpt.restore(loop.Experiment(config, sharding.make_mesh(jax.devices()[:1])).abstract_state)
+    ckpt.close()
+    assert meta["step"] == int(state.step) == max(finished)
+
+
+# --- config on resume ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("field,value", [
+    ("model.name", "inception_resnet_v2"),
+    ("model.depth_multiplier", 0.2),
+    ("model.num_blocks", (2, 1, 1)),
+    ("model.aux_logits", False),
+    ("model.bn_scale", True),
+    ("dataset.name", "fake"),
+    ("optimizer", "momentum"),
+    ("grad_clip_norm", 0.0),
+    ("ema_decay", 0.0),
+    ("weight_decay", 0.0),
+])
+def test_structural_config_change_on_resume_is_one_line(reference, field, value):
+    config = tiny_config(**{field: value})
+    with pytest.raises(config_lib.ConfigChangeError) as error:
+        loop.check_resume_config(config, reference[0])
+    message = str(error.value)
+    print(message)
+    assert "\n" not in message and field in message and repr(value if not isinstance(value, tuple)
+                                                              else list(value)) in message
+    assert "new --workdir" in message and "allow_config_change=True" in message
+
+
+def test_config_change_through_main_and_evaluate(reference, tmp_path, capsys):
+    workdir = copy_run(reference, tmp_path)
+    for mode in ("train", "evaluate"):
+        code = run_main(f"--config={TINY_CONFIG}", f"--workdir={workdir}", f"--config.mode={mode}",
+                        "--config.model.name=inception_resnet_v2")
+        err = capsys.readouterr().err
+        [line] = [x for x in err.splitlines() if x.startswith("error:")]
+        print(line)
+        assert code == 2 and "model.name 'inception_resnet_v1' -> 'inception_resnet_v2'" in line
+    # The override: the checkpoints do not fit the other network, so nothing restores; nothing is moved either.
+    config = tiny_config(**{"model.name": "inception_resnet_v2", "allow_config_change": True})
+    with pytest.raises(checkpoints.CheckpointError, match="Nothing was moved or deleted") as error:
+        loop.train_and_evaluate(config, workdir)
+    print(str(error.value)[:300])
+    assert checkpoints.saved_steps(os.path.join(workdir, "checkpoints")) == [2, 4, 6]
+
+
+# --- bad images ---------------------------------------------------------------------------------------------------
+
+
+def image_folder(root, bad_files):
+    for label in ("a", "b"):
+        os.makedirs(root / label)
+        for i in range(4):
+            Image.fromarray(np.full((20, 20, 3), 40 * i, np.uint8)).save(root / label / f"{i}.jpg")
+    for name, content in bad_files.items():
+        (root / name).write_bytes(content)
+    return data.default_dataset_config().copy_and_resolve_references()
+
+
+def test_a_non_image_file_is_named_or_skipped(tmp_path, caplog):
+    c = image_folder(tmp_path, {"a/notes.jpg": b"this is not an image"})
+    c.name, c.image_folder_dir, c.image_folder_eval_fraction = "image_folder", str(tmp_path), 0.0
+    with pytest.raises(data.BadImageError, match=f"{tmp_path}/a/notes.jpg: not a JPEG") as error:
+        data.get_info(c)
+    print(error.value)
+    c.skip_bad_images = True
+    assert data.get_info(c).num_examples["train"] == 8
+    print("\n".join(messages(caplog)))
+    assert any("left out 1 file(s)" in m and "notes.jpg" in m for m in messages(caplog))
+
+
+def test_a_corrupt_jpeg_stops_the_pipeline_naming_it(tmp_path):
+    good = (tmp_path / "good.jpg")
+    Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(good)
+    body = good.read_bytes()
+    c = image_folder(tmp_path / "images", {"b/corrupt.jpg": body[:20] + b"\0" * 40})  # JPEG header, broken data
+    c.name, c.image_folder_dir, c.image_folder_eval_fraction = "image_folder", str(tmp_path / "images"), 0.0
+    batches = data.make_iterator(c, split="train", image_size=32, global_batch_size=9, train=False, seed=0)
+    with pytest.raises(data.BadImageError, match="corrupt.jpg") as error:
+        next(batches)
+    print(error.value)
+    assert "batch 0 holds 1 file(s) that do not decode" in str(error.value)
