@@ -219,6 +219,10 @@ def _json_fields(config: ml_collections.ConfigDict) -> dict[str, object]:
     return _flatten(json.loads(config.to_json_best_effort()))
 
 
+def _show(value: object) -> str:
+    return f"{value:.6g}" if isinstance(value, float) else repr(value)
+
+
 def config_changes(saved: dict, config: ml_collections.ConfigDict) -> tuple[list[str], list[str]]:
     """(structural, safe) differences between a workdir's saved config.json (as a dict) and `config`, each as
     "field old -> new"; a field on one side only counts as changed from/to "unset"."""
@@ -228,11 +232,11 @@ def config_changes(saved: dict, config: ml_collections.ConfigDict) -> tuple[list
         before, after = old.get(field, "unset"), new.get(field, "unset")
         if before == after or field in IGNORED_FIELDS:
             continue
-        change = f"{field} {before!r} -> {after!r}"
+        change = f"{field} {_show(before)} -> {_show(after)}"
         if field in SWITCH_FIELDS:
             switched = [bool(v) if isinstance(v, int | float) else v for v in (before, after)]
             if switched[0] != switched[1]:
-                structural.append(f"{field} {before!r} -> {after!r} ({SWITCH_FIELDS[field]} on/off)")
+                structural.append(f"{change} ({SWITCH_FIELDS[field]} on/off)")
                 continue
         model_field = field.startswith("model.") and field[len("model."):] not in SAFE_MODEL_FIELDS
         (structural if model_field or field in STRUCTURAL_FIELDS else safe).append(change)

@@ -232,8 +232,8 @@ def train_and_evaluate(
         good = checkpointer.latest_step()
         last = (f"the last good checkpoint is step {good} ({checkpointer.path(good)}); rerunning resumes from it"
                 if good is not None else "no checkpoint was saved before it")
-        raise NonFiniteError(f"{what} ({why}): stopped without saving; {last}. Lower learning_rate, or set "
-                             "nan_policy=skip to drop such steps")
+        advice = "set nan_policy=skip to drop such steps" if config.nan_policy == "stop" else "raise nan_max_skips"
+        raise NonFiniteError(f"{what} ({why}): stopped without saving; {last}. Lower learning_rate, or {advice}")
 
     def finish_pending() -> None:
         nonlocal pending
