@@ -228,6 +228,7 @@ def train_and_evaluate(
             return
         why = ("nan_policy=stop" if config.nan_policy == "stop"
                else f"{skips['in_a_row']} skipped steps in a row, nan_max_skips={config.nan_max_skips}")
+        writer.write(step, "train", metrics)  # the step that stopped the run, for whoever reads metrics.jsonl
         checkpointer.wait()
         good = checkpointer.latest_step()
         last = (f"the last good checkpoint is step {good} ({checkpointer.path(good)}); rerunning resumes from it"
