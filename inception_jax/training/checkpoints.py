@@ -121,7 +121,7 @@ class Checkpointer:
             if failures and move_damaged:
                 self._move_damaged([s for s, _ in failures])
             if failures:
-                logging.warning("resuming from the older checkpoint of step %d instead (%s)", candidate,
+                logging.warning("using the older checkpoint of step %d instead (%s)", candidate,
                                 self.path(candidate))
             return restored
         listed = "; ".join(f"step {s} at {self.path(s)} ({why})" for s, why in failures)
@@ -142,6 +142,10 @@ class Checkpointer:
                 os.rename(self.path(step), destination)
                 logging.warning("moved the damaged checkpoint of step %d to %s (kept; delete it yourself when "
                                 "you no longer need it)", step, destination)
+        if jax.process_count() > 1:  # the others list the directory only once process 0 has moved them
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices("inception_jax: damaged checkpoints moved")
         self._manager.reload()
 
     def reached_preemption(self, step: int) -> bool:
