@@ -2,6 +2,7 @@
 skip), damaged checkpoints, a SIGKILL during an asynchronous save, a changed config on resume and bad images."""
 
 import glob
+import json
 import logging
 import os
 import shutil
@@ -241,6 +242,24 @@ def test_structural_config_change_on_resume_is_one_line(reference, field, value)
     print(message)
     assert "\n" not in message and f"{field} " in message and " -> " in message
     assert "new --workdir" in message and "allow_config_change=True" in message
+
+
+def test_safe_config_changes_are_allowed_and_listed(reference):
+    config = tiny_config(learning_rate=0.01, num_train_steps=100, image_size=99, fsdp=True, eval_every_steps=5,
+                         grad_clip_norm=1.0, **{"model.residual_scales": (0.1, 0.1, 0.1), "model.dtype": "bfloat16"})
+    with open(os.path.join(reference[0], "config.json")) as f:
+        structural, safe = config_lib.config_changes(json.load(f), config)
+    assert structural == []
+    assert [change.split()[0] for change in safe] == [
+        "checkpoint_every_steps", "eval_every_steps", "fsdp", "grad_clip_norm", "image_size", "learning_rate", "model.dtype",
+        "model.residual_scales", "num_train_steps"]
+    loop.check_resume_config(config, reference[0])  # logs them, raises nothing
+
+
+@pytest.mark.parametrize("field,value", [("nan_policy", "ignore"), ("nan_max_skips", 0)])
+def test_bad_fault_fields_name_the_field(field, value):
+    with pytest.raises(ValueError, match=f"config field {field} must be"):
+        config_lib.validate(tiny_config(**{field: value}), device_count=8)
 
 
 def test_config_change_through_main_and_evaluate(reference, tmp_path):
