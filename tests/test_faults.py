@@ -251,8 +251,8 @@ def test_safe_config_changes_are_allowed_and_listed(reference):
         structural, safe = config_lib.config_changes(json.load(f), config)
     assert structural == []
     assert [change.split()[0] for change in safe] == [
-        "checkpoint_every_steps", "eval_every_steps", "fsdp", "grad_clip_norm", "image_size", "learning_rate", "model.dtype",
-        "model.residual_scales", "num_train_steps"]
+        "checkpoint_every_steps", "eval_every_steps", "fsdp", "grad_clip_norm", "image_size", "learning_rate",
+        "model.dtype", "model.residual_scales", "num_train_steps"]
     loop.check_resume_config(config, reference[0])  # logs them, raises nothing
 
 
