@@ -19,10 +19,21 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from inception_jax import cpu_settings
+from inception_jax.data.datasets import BadImageError
 from inception_jax.training import config as config_lib
 from inception_jax.training import loop, sharding
+from inception_jax.training.checkpoints import CheckpointError
 from inception_jax.training.state import create_model
 
+# Exit codes of the faults a run explains in one line: 2 a bad or changed config (nothing was built), 3 a
+# non-finite loss or gradient (nothing was saved after the last good checkpoint), 4 no checkpoint restores, 5 a
+# bad input file.
+EXIT_CODES = {
+    config_lib.ConfigChangeError: 2,
+    loop.NonFiniteError: 3,
+    CheckpointError: 4,
+    BadImageError: 5,
+}
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "quickstart.py")
 
 
@@ -95,15 +106,19 @@ def main(argv: list[str]) -> int:
     try:  # a bad config fails here, naming the field, before anything is compiled
         info = config_lib.validate(config, device_count=jax.device_count(), process_count=jax.process_count())
         create_model(config, info.num_classes)
-    except ValueError as error:
+    except (ValueError, BadImageError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    if config.mode == "evaluate":
-        results = loop.evaluate(config, workdir)
-        print(f"step {results['step']}: top-1 {100 * results['top1']:.2f}%  top-5 {100 * results['top5']:.2f}%  "
-              f"({int(results['num_examples'])} examples)")
-        return 0
-    summary = loop.train_and_evaluate(config, workdir)
+    try:
+        if config.mode == "evaluate":
+            results = loop.evaluate(config, workdir)
+            print(f"step {results['step']}: top-1 {100 * results['top1']:.2f}%  top-5 {100 * results['top5']:.2f}%  "
+                  f"({int(results['num_examples'])} examples)")
+            return 0
+        summary = loop.train_and_evaluate(config, workdir)
+    except tuple(EXIT_CODES) as error:  # a fault with a one-line explanation (docs/faults.md), not a traceback
+        print(f"error: {error}", file=sys.stderr)
+        return next(code for kind, code in EXIT_CODES.items() if isinstance(error, kind))
     if jax.process_index() == 0:
         parts = [f"{config.model.name} on {config.dataset.name}: step {summary['step']}/{summary['total_steps']}"]
         if "eval_top1" in summary:

@@ -19,6 +19,10 @@ def default_dataset_config() -> ml_collections.ConfigDict:
     c.fashion_mnist_dir = "/usr/share/datasets/fashion-mnist"
     # Either <dir>/<class>/<image> or <dir>/<split>/<class>/<image>.
     c.image_folder_dir = ""
+    # Files of image_folder whose first bytes are not a JPEG, PNG, GIF or BMP header: False = stop with an error
+    # naming them, True = leave them out of the data set and say how many in the log. (A file with a valid header
+    # that fails to decode stops the run with its name either way.)
+    c.skip_bad_images = False
     # Share of each class held out as the "test" split when image_folder_dir has no split directories.
     c.image_folder_eval_fraction = 0.1
     # "" = "train"; eval "" = "validation" when the data set has one, else "test". tfds slicing works: "train[:90%]".

@@ -19,6 +19,7 @@ import dataclasses
 import functools
 import gzip
 import os
+import re
 import zlib
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
@@ -33,6 +34,12 @@ INCEPTION, SIMPLE = "inception", "simple"
 # Data sets whose images all have this shorter side or less get the simple preprocessing under "auto".
 SIMPLE_MAX_SIDE = 63
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
+# The first bytes of the formats tf.io.decode_image reads (whatever the file's extension says).
+IMAGE_SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM")
+
+
+class BadImageError(RuntimeError):
+    """An input file that is not a readable image; the message names it."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,6 +84,12 @@ class Source(abc.ABC):
         """(uint8 [h, w, c] image, int32 label) from what `read` returned for one example."""
         del image_size
         return value, label
+
+    def undecodable(self, values: np.ndarray) -> list[str]:
+        """Descriptions of the values among `values` (as `read` returned them) that `decode_tf` fails on: called
+        after the pipeline failed, to name the culprit. Sources whose values always decode return []."""
+        del values
+        return []
 
 
 def make_info(config: ml_collections.ConfigDict, name: str, num_classes: int, num_examples: Mapping[str, int],
@@ -212,6 +225,38 @@ def _images_under(directory: str) -> list[str]:
     )
 
 
+def _header_problem(path: str) -> str | None:
+    """Why `path` is not an image by its first bytes (unreadable, empty, another kind of file), or None. Reads 8
+    bytes: cheap enough to run on every file when a data set is opened."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+    except OSError as error:
+        return f"unreadable ({error.strerror})"
+    if not head:
+        return "empty"
+    if not head.startswith(IMAGE_SIGNATURES):
+        return f"not a JPEG, PNG, GIF or BMP file (first bytes {head[:4]!r})"
+    return None
+
+
+def _drop_bad_images(paths: list[str], skip: bool) -> list[str]:
+    """`paths` without the files that are not images by their header; raises BadImageError naming them unless
+    `skip`, which logs how many were left out."""
+    bad = {p: why for p in paths if (why := _header_problem(p))}
+    if not bad:
+        return paths
+    listed = "; ".join(f"{p}: {why}" for p, why in list(bad.items())[:5]) + ("; ..." if len(bad) > 5 else "")
+    if not skip:
+        raise BadImageError(f"image_folder: {len(bad)} file(s) are not images: {listed}. Fix or remove them, or set "
+                            "config field dataset.skip_bad_images=True to leave them out")
+    from absl import logging
+
+    logging.warning("image_folder: left out %d file(s) that are not images (dataset.skip_bad_images): %s", len(bad),
+                    listed)
+    return [p for p in paths if p not in bad]
+
+
 def _subdirs(directory: str) -> list[str]:
     return sorted(e.name for e in os.scandir(directory) if e.is_dir() and not e.name.startswith("."))
 
@@ -240,11 +285,12 @@ class ImageFolderSource(Source):
                 raise FileNotFoundError(f"image_folder: {split_dirs[1]} is not a directory; name the evaluation "
                                         "split's directory in config field dataset.eval_split")
             classes = sorted(set().union(*(_subdirs(d) for d in split_dirs)))
-            files = {s: self._labelled(d, classes) for s, d in zip(split_names, split_dirs, strict=True)}
+            files = {s: self._labelled(d, classes, config.skip_bad_images)
+                     for s, d in zip(split_names, split_dirs, strict=True)}
         else:  # <dir>/<class>/<image>
             split_names = [train_split, config.eval_split or "test"]
             classes = _subdirs(root)
-            everything = self._labelled(root, classes)
+            everything = self._labelled(root, classes, config.skip_bad_images)
             threshold = int(config.image_folder_eval_fraction * 2**32)
             held_out = np.array([zlib.crc32(os.path.relpath(p, root).encode()) < threshold for p in everything[0]],
                                 bool)
@@ -259,11 +305,11 @@ class ImageFolderSource(Source):
                                 train_split=split_names[0], eval_split=split_names[1], class_names=tuple(classes))
 
     @staticmethod
-    def _labelled(directory: str, classes: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    def _labelled(directory: str, classes: list[str], skip_bad: bool) -> tuple[np.ndarray, np.ndarray]:
         paths, labels = [], []
         for label, name in enumerate(classes):
             if os.path.isdir(os.path.join(directory, name)):
-                found = _images_under(os.path.join(directory, name))
+                found = _drop_bad_images(_images_under(os.path.join(directory, name)), skip_bad)
                 paths += found
                 labels += [label] * len(found)
         return np.array(paths, dtype=object), np.array(labels, np.int32)
@@ -277,6 +323,19 @@ class ImageFolderSource(Source):
 
         image = tf.io.decode_image(tf.io.read_file(value), channels=3, expand_animations=False)
         return image, label
+
+    def undecodable(self, values: np.ndarray) -> list[str]:
+        from inception_jax.data._tf import tf
+
+        bad = []
+        for path in dict.fromkeys(values):
+            path = path.decode() if isinstance(path, bytes) else str(path)
+            try:
+                tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+            except tf.errors.OpError as error:  # keep TF's reason, without its op and device names
+                reason = re.sub(r"\{\{.*?\}\}|\[Op:.*", "", error.message or type(error).__name__).strip()
+                bad.append(f"{path} ({reason})")
+        return bad
 
 
 # --- fake -----------------------------------------------------------------------------------------------------------

@@ -13,14 +13,14 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import ml_collections
 import numpy as np
 
 from inception_jax.data._tf import tf
 from inception_jax.data.crops import NUM_CROPS, multi_crop_views_tf
-from inception_jax.data.datasets import INCEPTION, open_source, resolve_preprocessing
+from inception_jax.data.datasets import INCEPTION, BadImageError, open_source, resolve_preprocessing
 from inception_jax.data.preprocessing import preprocess_tf
 
 _INFINITE = 2**62
@@ -66,15 +66,30 @@ def num_eval_batches(num_examples: int, global_batch_size: int) -> int:
 
 
 class BatchIterator(Iterator):
-    """Batches as dicts of numpy arrays. `num_batches`: batches in an evaluation pass, None for training."""
+    """Batches as dicts of numpy arrays. `num_batches`: batches in an evaluation pass, None for training.
 
-    def __init__(self, batches: Iterator[dict[str, np.ndarray]], num_batches: int | None, steps_per_epoch: int):
+    A failure inside tf.data (an image that does not decode) becomes a BadImageError naming the file:
+    `undecodable(step)` lists the bad examples of the batch of `step` (the batches are a pure function of it)."""
+
+    def __init__(self, batches: Iterator[dict[str, np.ndarray]], num_batches: int | None, steps_per_epoch: int,
+                 start_step: int = 0, undecodable: Callable[[int], list[str]] | None = None):
         self._batches = batches
         self.num_batches = num_batches
         self.steps_per_epoch = steps_per_epoch
+        self._step = start_step
+        self._undecodable = undecodable
 
     def __next__(self) -> dict[str, np.ndarray]:
-        return next(self._batches)
+        try:
+            batch = next(self._batches)
+        except tf.errors.OpError as error:
+            bad = self._undecodable(self._step) if self._undecodable is not None else []
+            if not bad:
+                raise
+            raise BadImageError(f"batch {self._step} holds {len(bad)} file(s) that do not decode: {'; '.join(bad)}. "
+                                "Fix or remove them (a rerun resumes from the last checkpoint)") from error
+        self._step += 1
+        return batch
 
     def __len__(self) -> int:
         if self.num_batches is None:
@@ -132,7 +147,7 @@ def make_iterator(
     per_host = global_batch_size // process_count
     block = int(dataset_config.shuffle_buffer)
 
-    def read_step(step: np.int64):
+    def read_step(step: np.int64) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         if train:
             indices, positions = train_indices(int(step), seed=seed, num_examples=num_examples,
                                                global_batch_size=global_batch_size, process_index=process_index,
@@ -183,5 +198,6 @@ def make_iterator(
     if workers > 0:
         options.threading.private_threadpool_size = workers
     ds = ds.with_options(options)
-    return BatchIterator(ds.as_numpy_iterator(), num_batches, num_examples // global_batch_size)
+    return BatchIterator(ds.as_numpy_iterator(), num_batches, num_examples // global_batch_size, start_step,
+                         lambda step: source.undecodable(read_step(np.int64(step))[0]))
 

@@ -5,6 +5,10 @@ Each checkpoint holds two items: `state` (the `TrainState` pytree: step, weights
 moving averages, base random key) and `meta` (JSON: the step, the data position, the seed). The data position is the
 step: training batch s is a pure function of (seed, s), so the input pipeline resumes from it with no state of its
 own.
+
+Orbax writes a checkpoint into a temporary directory and renames it to `<step>` once every file is written, so a
+step counts (rotation, best, resume) only when complete; a process killed mid-save leaves the temporary directory,
+which orbax removes on the next start, and the previous checkpoints intact.
 """
 
 from __future__ import annotations
@@ -14,9 +18,23 @@ from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+from absl import logging
 from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
 
 BEST_METRIC = "top1"
+DAMAGED = "damaged"  # <checkpoints>/damaged/<step>: checkpoints that did not restore, kept
+
+
+class CheckpointError(RuntimeError):
+    """No checkpoint of a workdir that has some can be restored."""
+
+
+def saved_steps(directory: str) -> list[int]:
+    """The steps of the finished checkpoints in `directory` (read from the directory names: no orbax, no I/O
+    beyond a listing), oldest first."""
+    if not os.path.isdir(directory):
+        return []
+    return sorted(int(e.name) for e in os.scandir(directory) if e.is_dir() and e.name.isdigit())
 
 
 class Checkpointer:
@@ -63,17 +81,72 @@ class Checkpointer:
             force=force,
         )
 
-    def restore(self, abstract_state: Any, step: int | None = None) -> tuple[Any, dict] | None:
-        """(state, meta) of `step` (default: the latest), laid out as `abstract_state`'s shardings say; None when
-        there is no checkpoint yet."""
-        step = self.latest_step() if step is None else step
-        if step is None:
-            return None
-        target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), abstract_state)
+    def path(self, step: int) -> str:
+        """The directory of the checkpoint of `step`."""
+        return os.path.join(self.directory, str(step))
+
+    def _restore_one(self, target: Any, step: int) -> tuple[Any, dict]:
         restored = self._manager.restore(
             step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore())
         )
-        return restored["state"], dict(restored["meta"])
+        meta = restored["meta"]
+        if not isinstance(meta, dict) or meta.get("step") != step:
+            raise ValueError(f"its meta item is {meta!r}, not the metadata of step {step}")
+        return restored["state"], dict(meta)
+
+    def restore(self, abstract_state: Any, step: int | None = None, *,
+                move_damaged: bool = True) -> tuple[Any, dict] | None:
+        """(state, meta) of `step`, laid out as `abstract_state`'s shardings say; None when there is no checkpoint
+        yet.
+
+        Without `step`: the newest readable checkpoint. A newer one that does not restore (truncated or deleted
+        files, garbled metadata) is reported with a warning and, once an older one has restored and when
+        `move_damaged`, moved to `damaged/<step>` (kept, never deleted; out of the way of rotation and of the
+        steps this run saves again). Raises CheckpointError naming every checkpoint when none restores.
+        """
+        steps = sorted(self.all_steps(), reverse=True) if step is None else [step]
+        if not steps:
+            return None
+        target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), abstract_state)
+        failures = []
+        for candidate in steps:
+            try:
+                restored = self._restore_one(target, candidate)
+            except Exception as error:  # any failure to read is a damaged checkpoint; say which and why
+                reason = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"[:300]
+                logging.warning("checkpoint of step %d (%s) does not restore (%s)", candidate, self.path(candidate),
+                                reason)
+                failures.append((candidate, reason))
+                continue
+            if failures and move_damaged:
+                self._move_damaged([s for s, _ in failures])
+            if failures:
+                logging.warning("using the older checkpoint of step %d instead (%s)", candidate,
+                                self.path(candidate))
+            return restored
+        listed = "; ".join(f"step {s} at {self.path(s)} ({why})" for s, why in failures)
+        raise CheckpointError(
+            f"no checkpoint in {self.directory} restores: {listed}. Nothing was moved or deleted; if the config "
+            "changed (allow_config_change), the checkpoints do not fit it: use a new --workdir"
+        )
+
+    def _move_damaged(self, steps: list[int]) -> None:
+        """Moves the checkpoints of `steps` to `damaged/<step>` (a later copy of the same step gets a suffix)."""
+        if jax.process_index() == 0:
+            os.makedirs(os.path.join(self.directory, DAMAGED), exist_ok=True)
+            for step in steps:
+                destination = os.path.join(self.directory, DAMAGED, str(step))
+                suffix = 1
+                while os.path.exists(destination):
+                    destination, suffix = os.path.join(self.directory, DAMAGED, f"{step}.{suffix}"), suffix + 1
+                os.rename(self.path(step), destination)
+                logging.warning("moved the damaged checkpoint of step %d to %s (kept; delete it yourself when "
+                                "you no longer need it)", step, destination)
+        if jax.process_count() > 1:  # the others list the directory only once process 0 has moved them
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices("inception_jax: damaged checkpoints moved")
+        self._manager.reload()
 
     def reached_preemption(self, step: int) -> bool:
         """True on every process at the same step once the cluster's preemption notice (SIGTERM through

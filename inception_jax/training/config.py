@@ -11,6 +11,7 @@ from inception_jax.training import optim
 MODES = ("train", "train_and_evaluate", "evaluate")
 BN_STATISTICS = ("global", "per_device")
 EVAL_CHECKPOINTS = ("latest", "best")
+NAN_POLICIES = ("stop", "skip")
 
 
 def load_config_file(path: str) -> ml_collections.ConfigDict:
@@ -86,6 +87,15 @@ def default_config() -> ml_collections.ConfigDict:
     c.checkpoint_every_steps = 5_000  # and always at the end, on preemption and after every evaluation
     c.keep_checkpoints = 3  # the last K, plus the best by eval top-1
     c.eval_checkpoint = "latest"  # mode=evaluate: latest | best
+
+    # Faults (docs/faults.md). A step with a non-finite loss or gradient norm never changes the state; "stop" ends
+    # the run there (exit code 3, no checkpoint written after it), "skip" goes on and stops after nan_max_skips such
+    # steps in a row.
+    c.nan_policy = "stop"
+    c.nan_max_skips = 10
+    # Resume even though a structural field (model, classes, optimizer, ...) differs from the workdir's config.json;
+    # the checkpoint's arrays must still fit the new state.
+    c.allow_config_change = False
     return c
 
 
@@ -160,8 +170,12 @@ def validate(
     need(config.keep_checkpoints >= 1, "keep_checkpoints", "must be >= 1")
     need(config.eval_checkpoint in EVAL_CHECKPOINTS, "eval_checkpoint", f"must be one of {EVAL_CHECKPOINTS}")
     need(isinstance(config.seed, int) and config.seed >= 0, "seed", "must be a non-negative int")
+    need(config.nan_policy in NAN_POLICIES, "nan_policy", f"must be one of {NAN_POLICIES}")
+    need(isinstance(config.nan_max_skips, int) and config.nan_max_skips >= 1, "nan_max_skips", "must be an int >= 1")
     try:
         info = data.get_info(config.dataset)
+    except data.BadImageError:  # names the files, which is what matters
+        raise
     except Exception as error:  # the data package's own errors name the problem; say which field led there
         raise ValueError(f"config field dataset.name ({config.dataset.name!r}): {error}") from error
     train_examples = info.num_examples.get(info.train_split, 0)
@@ -169,3 +183,62 @@ def validate(
         need(train_examples >= config.batch_size, "batch_size",
              f"must be at most the {train_examples} examples of {info.name}:{info.train_split}")
     return info
+
+
+# --- the workdir's config on resume ----------------------------------------------------------------------------------
+
+# Fields that change the training state's structure or what its numbers mean: a checkpoint written under one value
+# cannot be continued under another. Every model field not in SAFE_MODEL_FIELDS counts too (the model section is
+# open: a network may add fields, and an unknown one is taken as structural).
+STRUCTURAL_FIELDS = ("dataset.name", "dataset.num_classes", "optimizer")
+# (field, what it means) for fields whose on/off switch changes the state (the optimiser chain, the moving average)
+# but whose value may change.
+SWITCH_FIELDS = {"grad_clip_norm": "gradient clipping", "weight_decay": "weight decay", "ema_decay": "EMA"}
+SAFE_MODEL_FIELDS = ("dtype", "remat", "ops", "dropout_rate", "bn_momentum", "bn_epsilon", "residual_scales")
+# Fields that say what this invocation does rather than what the run is.
+IGNORED_FIELDS = ("mode", "eval_checkpoint", "allow_config_change")
+
+
+class ConfigChangeError(ValueError):
+    """A resumed workdir's checkpoints were written under a structurally different config."""
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict[str, object]:
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and key != "num_examples":
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _json_fields(config: ml_collections.ConfigDict) -> dict[str, object]:
+    """The config as config.json holds it (tuples as lists), flattened to dotted names."""
+    import json
+
+    return _flatten(json.loads(config.to_json_best_effort()))
+
+
+def _show(value: object) -> str:
+    return f"{value:.6g}" if isinstance(value, float) else repr(value)
+
+
+def config_changes(saved: dict, config: ml_collections.ConfigDict) -> tuple[list[str], list[str]]:
+    """(structural, safe) differences between a workdir's saved config.json (as a dict) and `config`, each as
+    "field old -> new"; a field on one side only counts as changed from/to "unset"."""
+    old, new = _flatten(saved), _json_fields(config)
+    structural, safe = [], []
+    for field in sorted(set(old) | set(new)):
+        before, after = old.get(field, "unset"), new.get(field, "unset")
+        if before == after or field in IGNORED_FIELDS:
+            continue
+        change = f"{field} {_show(before)} -> {_show(after)}"
+        if field in SWITCH_FIELDS:
+            switched = [bool(v) if isinstance(v, int | float) else v for v in (before, after)]
+            if switched[0] != switched[1]:
+                structural.append(f"{change} ({SWITCH_FIELDS[field]} on/off)")
+                continue
+        model_field = field.startswith("model.") and field[len("model."):] not in SAFE_MODEL_FIELDS
+        (structural if model_field or field in STRUCTURAL_FIELDS else safe).append(change)
+    return structural, safe

@@ -21,7 +21,7 @@ from inception_jax import data
 from inception_jax.training import config as config_lib
 from inception_jax.training import metrics as metrics_lib
 from inception_jax.training import optim, sharding, steps
-from inception_jax.training.checkpoints import Checkpointer
+from inception_jax.training.checkpoints import Checkpointer, saved_steps
 from inception_jax.training.state import TrainState, create_model, create_train_state
 
 StepCallback = Callable[[int, TrainState], None]
@@ -58,6 +58,38 @@ class Experiment:
         variables_shardings = {"params": self.state_shardings.params, "batch_stats": self.state_shardings.batch_stats}
         self.eval_step = jax.jit(steps.make_eval_step(self.model), in_shardings=(variables_shardings, data_sharding),
                                  out_shardings=replicated)
+
+
+class NonFiniteError(RuntimeError):
+    """Training met a non-finite loss or gradient norm (nan_policy "stop", or too many skips in a row)."""
+
+
+def check_resume_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+    """Compares `config` with the config.json of a workdir that holds checkpoints, before anything is built: logs
+    the safe changes, raises ConfigChangeError listing the structural ones (unless allow_config_change)."""
+    steps_saved = saved_steps(os.path.join(workdir, "checkpoints"))
+    path = os.path.join(workdir, "config.json")
+    if not steps_saved:
+        return
+    try:
+        with open(path) as f:
+            saved = json.load(f)
+    except (OSError, ValueError) as error:
+        logging.warning("cannot compare the config with the one the checkpoints were written under (%s: %s)",
+                        path, error)
+        return
+    structural, safe = config_lib.config_changes(saved, config)
+    for change in safe:
+        logging.info("config changed since %s was written (allowed): %s", path, change)
+    if structural and config.allow_config_change:
+        for change in structural:
+            logging.warning("config changed since %s was written (allow_config_change): %s", path, change)
+    elif structural:
+        raise config_lib.ConfigChangeError(
+            f"{workdir} holds checkpoints (last step {steps_saved[-1]}) of a different run: {'; '.join(structural)}. "
+            "Use a new --workdir for the new config, or --config.allow_config_change=True to resume anyway "
+            "(the checkpoint's arrays must still fit)"
+        )
 
 
 def _write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
@@ -105,6 +137,18 @@ class _Preemption:
             signal.signal(signal.SIGTERM, self._previous)
 
 
+@contextlib.contextmanager
+def _closing(checkpointer: Checkpointer, writer: metrics_lib.MetricWriter) -> Iterator[None]:
+    """Finishes the checkpoints already started and closes the metric files, also when training stops on an
+    error (those checkpoints were of good states)."""
+    try:
+        yield
+    finally:
+        checkpointer.wait()
+        writer.close()
+        checkpointer.close()
+
+
 def train_and_evaluate(
     config: ml_collections.ConfigDict,
     workdir: str,
@@ -118,6 +162,7 @@ def train_and_evaluate(
     `step_callback(step, state)` runs after every step (profilers, tests). Returns a summary: final step, eval
     metrics, throughput, whether the run was preempted.
     """
+    check_resume_config(config, workdir)
     experiment = Experiment(config, mesh)
     evaluate_too = config.mode == "train_and_evaluate"
     kept = config.model.get("bn_momentum", 0.9997) ** experiment.total_steps
@@ -164,6 +209,32 @@ def train_and_evaluate(
                                      start_step=start)
     window = metrics_lib.TrainWindow(config.batch_size)
     pending = None  # (step, metrics) of the step in flight: read after the next one is dispatched
+    skips = {"in_a_row": 0, "total": 0}
+
+    def check_finite(step: int, metrics: dict) -> None:
+        """The host side of the non-finite guard, on metrics it reads anyway: the step's update was dropped on
+        the device; stop (nan_policy "stop", or nan_max_skips in a row) or count it."""
+        if not metrics["skipped"]:
+            skips["in_a_row"] = 0
+            return
+        skips["in_a_row"] += 1
+        skips["total"] += 1
+        what = (f"non-finite loss {float(metrics['loss']):.4g} / gradient norm {float(metrics['grad_norm']):.4g} / "
+                f"weight norm {float(metrics['param_norm']):.4g} at step {step}")
+        if config.nan_policy == "skip" and skips["in_a_row"] < config.nan_max_skips:
+            bar.clear()
+            logging.warning("%s: update skipped (%d in a row, %d in all; nan_max_skips %d)", what,
+                            skips["in_a_row"], skips["total"], config.nan_max_skips)
+            return
+        why = ("nan_policy=stop" if config.nan_policy == "stop"
+               else f"{skips['in_a_row']} skipped steps in a row, nan_max_skips={config.nan_max_skips}")
+        writer.write(step, "train", metrics)  # the step that stopped the run, for whoever reads metrics.jsonl
+        checkpointer.wait()
+        good = checkpointer.latest_step()
+        last = (f"the last good checkpoint is step {good} ({checkpointer.path(good)}); rerunning resumes from it"
+                if good is not None else "no checkpoint was saved before it")
+        advice = "set nan_policy=skip to drop such steps" if config.nan_policy == "stop" else "raise nan_max_skips"
+        raise NonFiniteError(f"{what} ({why}): stopped without saving; {last}. Lower learning_rate, or {advice}")
 
     def finish_pending() -> None:
         nonlocal pending
@@ -171,7 +242,9 @@ def train_and_evaluate(
             return
         step, device_metrics = pending
         pending = None
-        window.add(jax.device_get(device_metrics))
+        host_metrics = jax.device_get(device_metrics)
+        check_finite(step, host_metrics)
+        window.add(host_metrics)
         if step == start + 1:  # the first step compiled: the rate and ETA count from here
             bar.restart(step)
         if step % config.log_every_steps == 0 or step == experiment.total_steps:
@@ -184,7 +257,7 @@ def train_and_evaluate(
 
     t_start = time.perf_counter()
     step = start
-    with _Preemption() as preemption:
+    with _Preemption() as preemption, _closing(checkpointer, writer):
         while step < experiment.total_steps:
             batch = sharding.global_batch(next(batches), experiment.mesh)
             state, device_metrics = experiment.train_step(state, batch)
@@ -198,7 +271,7 @@ def train_and_evaluate(
             evaluate_now = evaluate_too and (last or (config.eval_every_steps and step % config.eval_every_steps == 0))
             periodic = config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0
             if evaluate_now or periodic or last or preempted:
-                finish_pending()
+                finish_pending()  # and the non-finite check of the step about to be saved
                 paused = time.perf_counter()  # evaluations and checkpoint copies are not training time
                 results = run_eval(step) if evaluate_now else None
                 metrics = {"top1": results["top1"]} if results is not None else None
@@ -211,19 +284,18 @@ def train_and_evaluate(
                                 step, checkpointer.directory)
                 break
         finish_pending()
-    bar.close(step)
-    checkpointer.wait()
-    if evaluate_too and start >= experiment.total_steps and "eval_top1" not in summary:
-        run_eval(step)  # nothing left to train: report the finished run's accuracy
-    writer.flush()
-    summary.update(step=step, wall_seconds=time.perf_counter() - t_start, best_step=checkpointer.best_step())
-    if window.timed_steps:
-        summary.update(images_per_sec=window.images_per_sec, timed_steps=window.timed_steps)
-    if jax.process_index() == 0 and os.path.exists(writer.path):
-        with contextlib.suppress(Exception):  # a plot is a nicety; never lose a finished run over it
-            summary["plot"] = metrics_lib.plot_curves(writer.path, os.path.join(workdir, metrics_lib.PLOT))
-    writer.close()
-    checkpointer.close()
+        bar.close(step)
+        checkpointer.wait()
+        if evaluate_too and start >= experiment.total_steps and "eval_top1" not in summary:
+            run_eval(step)  # nothing left to train: report the finished run's accuracy
+        writer.flush()
+        summary.update(step=step, wall_seconds=time.perf_counter() - t_start, best_step=checkpointer.best_step(),
+                       skipped_steps=skips["total"])
+        if window.timed_steps:
+            summary.update(images_per_sec=window.images_per_sec, timed_steps=window.timed_steps)
+        if jax.process_index() == 0 and os.path.exists(writer.path):
+            with contextlib.suppress(Exception):  # a plot is a nicety; never lose a finished run over it
+                summary["plot"] = metrics_lib.plot_curves(writer.path, os.path.join(workdir, metrics_lib.PLOT))
     if jax.process_index() == 0:
         with open(os.path.join(workdir, "summary.json"), "w") as f:
             json.dump(summary, f, indent=2, default=float)
@@ -233,12 +305,15 @@ def train_and_evaluate(
 def evaluate(config: ml_collections.ConfigDict, workdir: str, *, mesh: Mesh | None = None) -> dict[str, Any]:
     """Evaluates the latest (or, with eval_checkpoint="best", the best) checkpoint in `workdir` on the eval split,
     with the moving-average weights unless eval_with_ema is off."""
+    check_resume_config(config, workdir)
     experiment = Experiment(config, mesh)
     checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints)
-    step = checkpointer.best_step() if config.eval_checkpoint == "best" else checkpointer.latest_step()
-    if step is None:
+    step = checkpointer.best_step() if config.eval_checkpoint == "best" else None
+    if step is None and (config.eval_checkpoint == "best" or checkpointer.latest_step() is None):
         raise FileNotFoundError(f"no {config.eval_checkpoint} checkpoint in {checkpointer.directory}")
-    state, _ = checkpointer.restore(experiment.abstract_state, step)
+    # latest: the newest that restores (a damaged one is reported and left where it is)
+    state, meta = checkpointer.restore(experiment.abstract_state, step, move_damaged=False)
+    step = meta["step"]
     checkpointer.close()
     results = evaluate_variables(experiment, config, state.variables(ema=config.eval_with_ema and config.ema_decay > 0))
     results["step"] = step

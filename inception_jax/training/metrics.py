@@ -87,8 +87,11 @@ class TrainWindow:
             self._t0 += seconds
 
     def flush(self) -> dict[str, float]:
-        """The window's mean metrics (plus images_per_sec once a timed step exists); starts a new window."""
-        record = {k: float(sum(r[k] for r in self._records) / len(self._records)) for k in self._records[0]}
+        """The window's mean metrics over its finite steps (all steps when none was finite), `skipped` the number
+        of steps the non-finite guard dropped, plus images_per_sec once a timed step exists; starts a new window."""
+        finite = [r for r in self._records if not r.get("skipped")] or self._records
+        record = {k: float(sum(r[k] for r in finite) / len(finite)) for k in finite[0]}
+        record["skipped"] = float(sum(r.get("skipped", 0.0) for r in self._records))
         now = time.perf_counter()
         if self._window_steps:
             elapsed = now - self._t0

@@ -70,7 +70,11 @@ def make_train_step(
     mesh: Any = None,
 ) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
     """The training step of the paper's recipe. `ema_decay` 0 turns the moving averages off (they then track the
-    weights exactly). `mesh` (optional) pins the BN groups to devices."""
+    weights exactly). `mesh` (optional) pins the BN groups to devices.
+
+    A step with a non-finite loss, gradient norm or updated weights returns the old state with the step counter
+    advanced, and metrics["skipped"] = 1: the state it returns never holds a non-finite value that the step made.
+    """
 
     def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
         dropout_rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
@@ -100,15 +104,26 @@ def make_train_step(
             ema_batch_stats = optim.ema_update(state.ema_batch_stats, new_stats, decay)
         else:
             ema_params, ema_batch_stats = params, new_stats
+        grad_norm, param_norm = optax.tree.norm(grads), optax.tree.norm(params)
+        # The non-finite guard, on the device: a step whose loss, gradient norm or new weights are not finite
+        # changes nothing but the step counter (so the data position moves on past the batch); the host reads
+        # "skipped" with the metrics it reads anyway and stops (nan_policy "stop") or counts it ("skip").
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jnp.isfinite(param_norm)
         metrics = {
             "loss": loss,
             "cross_entropy": main_loss,
             "accuracy": jnp.mean(jnp.argmax(logits, -1) == labels),
             "learning_rate": schedule(state.step),
-            "grad_norm": optax.tree.norm(grads),
-            "param_norm": optax.tree.norm(params),
+            "grad_norm": grad_norm,
+            "param_norm": param_norm,
             "dead_fraction": dead_fraction(features),
+            "skipped": 1.0 - finite.astype(jnp.float32),
         }
+        updated = (params, new_stats, opt_state, ema_params, ema_batch_stats)
+        kept = (state.params, state.batch_stats, state.opt_state, state.ema_params, state.ema_batch_stats)
+        params, new_stats, opt_state, ema_params, ema_batch_stats = jax.tree.map(
+            lambda new, old: jnp.where(finite, new, old), updated, kept
+        )
         new_state = state.replace(
             step=state.step + 1,
             params=params,
