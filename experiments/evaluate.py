@@ -21,7 +21,7 @@ from pathlib import Path
 
 import ml_collections
 
-from inception_jax import data, weights  # importing inception_jax first sets XLA's CPU defaults
+from inception_jax import cpu_settings, data, weights
 from inception_jax.evaluation import multicrop
 from inception_jax.training import checkpoints, loop, sharding
 
@@ -131,4 +131,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(cpu_settings.apply(sys.argv)[1:]))  # the CPU settings before jax starts its backends

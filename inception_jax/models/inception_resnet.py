@@ -36,30 +36,31 @@ class InceptionResNetA(InceptionResNetBlock):
         return [branch0, branch1, branch2]
 
 
-class InceptionResNetB(InceptionResNetBlock):
+class _FactorisedResidual(InceptionResNetBlock):
+    """The B and C blocks' branches: [1x1] [1x1 -> 1xk -> kx1], k = `KERNEL`."""
+
+    KERNEL: ClassVar[int]
+
+    def branches(self, x: jax.Array, train: bool) -> list[jax.Array]:
+        cfg, k = self.cfg, self.KERNEL
+        (a0,), (b0, b1, b2) = self.widths
+        branch0 = ConvBN(a0, 1, cfg, name="branch0_0")(x, train)
+        branch1 = ConvBN(b0, 1, cfg, name="branch1_0")(x, train)
+        branch1 = ConvBN(b1, (1, k), cfg, name="branch1_1")(branch1, train)
+        branch1 = ConvBN(b2, (k, 1), cfg, name="branch1_2")(branch1, train)
+        return [branch0, branch1]
+
+
+class InceptionResNetB(_FactorisedResidual):
     """Inception-ResNet-B, 17x17 (paper Fig. 11 for v1, Fig. 17 for v2): [1x1] [1x1 -> 1x7 -> 7x1]."""
 
-    def branches(self, x: jax.Array, train: bool) -> list[jax.Array]:
-        cfg = self.cfg
-        (a0,), (b0, b1, b2) = self.widths
-        branch0 = ConvBN(a0, 1, cfg, name="branch0_0")(x, train)
-        branch1 = ConvBN(b0, 1, cfg, name="branch1_0")(x, train)
-        branch1 = ConvBN(b1, (1, 7), cfg, name="branch1_1")(branch1, train)
-        branch1 = ConvBN(b2, (7, 1), cfg, name="branch1_2")(branch1, train)
-        return [branch0, branch1]
+    KERNEL = 7
 
 
-class InceptionResNetC(InceptionResNetBlock):
+class InceptionResNetC(_FactorisedResidual):
     """Inception-ResNet-C, 8x8 (paper Fig. 13 for v1, Fig. 19 for v2): [1x1] [1x1 -> 1x3 -> 3x1]."""
 
-    def branches(self, x: jax.Array, train: bool) -> list[jax.Array]:
-        cfg = self.cfg
-        (a0,), (b0, b1, b2) = self.widths
-        branch0 = ConvBN(a0, 1, cfg, name="branch0_0")(x, train)
-        branch1 = ConvBN(b0, 1, cfg, name="branch1_0")(x, train)
-        branch1 = ConvBN(b1, (1, 3), cfg, name="branch1_1")(branch1, train)
-        branch1 = ConvBN(b2, (3, 1), cfg, name="branch1_2")(branch1, train)
-        return [branch0, branch1]
+    KERNEL = 3
 
 
 class ResidualReductionB(nn.Module):

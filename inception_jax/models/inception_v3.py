@@ -11,6 +11,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from inception_jax.models.inception_v4 import ReductionB
 from inception_jax.models.layers import ConvBN, LayerConfig, avg_pool_3x3, expanded_filter_bank, max_pool_3x3_s2
 from inception_jax.models.network import InceptionNet
 
@@ -101,24 +102,6 @@ class InceptionV3B(nn.Module):
         return jnp.concatenate([b0, b1, b2, b3], axis=-1)
 
 
-class InceptionV3ReductionB(nn.Module):
-    """17x17 -> 8x8 grid reduction (released Mixed_7a): [1x1 192 -> 3x3/2 320] [1x1 192 -> 1x7 192 -> 7x1 192 ->
-    3x3/2 192] [max pool 3x3/2]."""
-
-    cfg: LayerConfig
-
-    @nn.compact
-    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        cfg = self.cfg
-        b0 = ConvBN(192, 1, cfg, name="branch0_0")(x, train)
-        b0 = ConvBN(320, 3, cfg, strides=2, padding=V, name="branch0_1")(b0, train)
-        b1 = ConvBN(192, 1, cfg, name="branch1_0")(x, train)
-        b1 = ConvBN(192, (1, 7), cfg, name="branch1_1")(b1, train)
-        b1 = ConvBN(192, (7, 1), cfg, name="branch1_2")(b1, train)
-        b1 = ConvBN(192, 3, cfg, strides=2, padding=V, name="branch1_3")(b1, train)
-        return jnp.concatenate([b0, b1, max_pool_3x3_s2(x, cfg)], axis=-1)
-
-
 class InceptionV3C(nn.Module):
     """8x8 block with expanded filter banks (v3 paper Fig. 7, released Mixed_7b/7c): [1x1 320]
     [1x1 384 -> (1x3 384, 3x1 384)] [1x1 448 -> 3x3 384 -> (1x3 384, 3x1 384)] [avg pool -> 1x1 192]."""
@@ -153,7 +136,7 @@ class InceptionV3(InceptionNet):
         for name, channels in zip(("Mixed_6b", "Mixed_6c", "Mixed_6d", "Mixed_6e"), (128, 160, 160, 192), strict=True):
             x = InceptionV3B(cfg, channels=channels, name=name)(x, train)
         self.aux(x, train)
-        x = InceptionV3ReductionB(cfg, name="Mixed_7a")(x, train)
+        x = ReductionB(cfg, ((192, 320), (192, 192, 192, 192)), name="Mixed_7a")(x, train)  # Inception-v4's, narrower
         for name in ("Mixed_7b", "Mixed_7c"):
             x = InceptionV3C(cfg, name=name)(x, train)
         return x

@@ -11,7 +11,14 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from inception_jax.models.layers import ConvBN, LayerConfig, avg_pool_3x3, expanded_filter_bank, max_pool_3x3_s2
+from inception_jax.models.layers import (
+    ConvBN,
+    LayerConfig,
+    Widths,
+    avg_pool_3x3,
+    expanded_filter_bank,
+    max_pool_3x3_s2,
+)
 from inception_jax.models.network import InceptionNet
 
 V = "VALID"
@@ -109,21 +116,23 @@ class InceptionB(nn.Module):
 
 
 class ReductionB(nn.Module):
-    """Reduction-B of Inception-v4, 17x17 -> 8x8 (paper Fig. 8) -> 1536 channels: [1x1 192 -> 3x3/2 192]
-    [1x1 256 -> 1x7 256 -> 7x1 320 -> 3x3/2 320] [max pool 3x3/2]."""
+    """Reduction-B, 17x17 -> 8x8: [1x1 -> 3x3/2] [1x1 -> 1x7 -> 7x1 -> 3x3/2] [max pool 3x3/2]. Inception-v4's
+    (paper Fig. 8, -> 1536 channels) and Inception-v3's released Mixed_7a differ only in their `widths`."""
 
     cfg: LayerConfig
+    widths: Widths
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         cfg = self.cfg
-        b0 = ConvBN(192, 1, cfg, name="branch0_0")(x, train)
-        b0 = ConvBN(192, 3, cfg, strides=2, padding=V, name="branch0_1")(b0, train)
-        b1 = ConvBN(256, 1, cfg, name="branch1_0")(x, train)
-        b1 = ConvBN(256, (1, 7), cfg, name="branch1_1")(b1, train)
-        b1 = ConvBN(320, (7, 1), cfg, name="branch1_2")(b1, train)
-        b1 = ConvBN(320, 3, cfg, strides=2, padding=V, name="branch1_3")(b1, train)
-        return jnp.concatenate([b0, b1, max_pool_3x3_s2(x, cfg)], axis=-1)
+        (a0, a1), (b0, b1, b2, b3) = self.widths
+        b = ConvBN(a0, 1, cfg, name="branch0_0")(x, train)
+        b = ConvBN(a1, 3, cfg, strides=2, padding=V, name="branch0_1")(b, train)
+        c = ConvBN(b0, 1, cfg, name="branch1_0")(x, train)
+        c = ConvBN(b1, (1, 7), cfg, name="branch1_1")(c, train)
+        c = ConvBN(b2, (7, 1), cfg, name="branch1_2")(c, train)
+        c = ConvBN(b3, 3, cfg, strides=2, padding=V, name="branch1_3")(c, train)
+        return jnp.concatenate([b, c, max_pool_3x3_s2(x, cfg)], axis=-1)
 
 
 class InceptionC(nn.Module):
@@ -169,7 +178,7 @@ class InceptionV4(InceptionNet):
         for i in range(num_b):
             x = InceptionB(cfg, name=f"InceptionB_{i}")(x, train)
         self.aux(x, train)
-        x = ReductionB(cfg, name="ReductionB")(x, train)
+        x = ReductionB(cfg, ((192, 192), (256, 256, 320, 320)), name="ReductionB")(x, train)
         for i in range(num_c):
             x = InceptionC(cfg, name=f"InceptionC_{i}")(x, train)
         return x
