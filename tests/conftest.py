@@ -16,8 +16,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from inception_jax import cpu_settings  # noqa: E402
 
-# The XLA flags the entry points set on the CPU, so that tests compile what users run (before jax starts).
-os.environ["XLA_FLAGS"] = cpu_settings.xla_flags(os.environ["XLA_FLAGS"])
+# The XLA flags the entry points set on the CPU, so that tests compile what users run (before jax starts); on a GPU
+# or TPU host nothing (the flags are the CPU backend's).
+if cpu_settings.runs_on_cpu():
+    os.environ["XLA_FLAGS"] = cpu_settings.xla_flags(os.environ["XLA_FLAGS"])
 
 
 @pytest.fixture(scope="session")

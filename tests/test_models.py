@@ -90,28 +90,25 @@ def test_depth_multiplier_shrinks_every_layer(small_irv2):
 def test_residual_scale_changes_output(small_irv2):
     model, variables, x = small_irv2
     other = model.clone(residual_scales=(0.5, 0.5, 0.5))
-    a = model.apply(variables, x, train=False)
-    b = other.apply(variables, x, train=False)
+    a = jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, x)
+    b = jax.jit(lambda v, x: other.apply(v, x, train=False))(variables, x)
     assert np.abs(np.asarray(a) - np.asarray(b)).max() > 1e-4
 
 
-def test_train_mode_updates_batch_stats_and_eval_does_not(small_irv2):
+def test_train_mode_updates_batch_stats_and_dropout_and_eval_does_not(small_irv2):
     model, variables, x = small_irv2
-    _, state = model.apply(variables, x, train=True, mutable=["batch_stats"], rngs={"dropout": jax.random.key(0)})
+    train = jax.jit(lambda v, x, key: model.apply(v, x, train=True, mutable=["batch_stats"], rngs={"dropout": key}))
+    _, state = train(variables, x, jax.random.key(0))
     before = jax.tree.leaves(variables["batch_stats"])
     after = jax.tree.leaves(state["batch_stats"])
     changed = sum(not np.allclose(a, b) for a, b in zip(before, after, strict=True))
     assert changed == len(before)
     # Eval is deterministic and uses the stored statistics.
-    np.testing.assert_array_equal(model.apply(variables, x), model.apply(variables, x))
-
-
-def test_dropout_is_active_in_training_only(small_irv2):
-    model, variables, x = small_irv2
-    run = lambda seed: model.apply(
-        variables, x, train=True, mutable=["batch_stats"], rngs={"dropout": jax.random.key(seed)}
-    )[0]
-    assert np.abs(np.asarray(run(0)) - np.asarray(run(1))).max() > 1e-6
+    evaluate = jax.jit(lambda v, x: model.apply(v, x))
+    np.testing.assert_array_equal(evaluate(variables, x), evaluate(variables, x))
+    # Dropout is active in training only: another key, other logits.
+    other_key = train(variables, x, jax.random.key(1))[0]
+    assert np.abs(np.asarray(other_key - train(variables, x, jax.random.key(0))[0])).max() > 1e-6
 
 
 def test_bfloat16_compute_keeps_float32_params():
@@ -119,9 +116,9 @@ def test_bfloat16_compute_keeps_float32_params():
     variables = models.init(model, 75)
     assert {p.dtype for p in jax.tree.leaves(variables["params"])} == {jnp.dtype("float32")}
     x = jnp.zeros((2, 75, 75, 3))
-    _, inter = model.apply(variables, x, mutable=["intermediates"])
+    logits, inter = jax.jit(lambda v, x: model.apply(v, x, mutable=["intermediates"]))(variables, x)
     assert inter["intermediates"]["features"][0].dtype == jnp.bfloat16
-    assert model.apply(variables, x).dtype == jnp.float32
+    assert logits.dtype == jnp.float32
 
 
 @pytest.mark.parametrize("impl", ["reference", "cpu"])
@@ -197,8 +194,8 @@ def test_folded_batchnorm_computes_the_same_inference(name):
     assert "batch_stats" not in folded and folded_model.bn_folded
     assert models.count_params(folded["params"]) < models.count_params(variables["params"])
     x = jnp.asarray(rng.uniform(-1, 1, (2, 75, 75, 3)), jnp.float32)
-    ref = model.apply(variables, x, train=False)
-    out = folded_model.apply(folded, x, train=False)
+    ref = jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, x)
+    out = jax.jit(lambda v, x: folded_model.apply(v, x, train=False))(folded, x)
     assert float(jnp.max(jnp.abs(out - ref)) / jnp.max(jnp.abs(ref))) < 1e-4
     with pytest.raises(ValueError, match="inference only"):
         folded_model.apply(folded, x, train=True)
@@ -218,7 +215,7 @@ def test_remat_keeps_parameters_and_gradients():
                                  mutable=["batch_stats"], rngs={"dropout": jax.random.key(1)})  # fmt: skip
             return jnp.sum(out**2), state
 
-        return jax.grad(loss, has_aux=True)(variables["params"])
+        return jax.jit(jax.grad(loss, has_aux=True))(variables["params"])
 
     initialised = jax.eval_shape(lambda: remat.init({"params": jax.random.key(0)}, x, train=True))
     assert jax.tree.structure(initialised["params"]) == jax.tree.structure(variables["params"])

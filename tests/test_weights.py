@@ -12,18 +12,8 @@ TIMM_NAMES = ["inception_v3", "inception_v4", "inception_resnet_v2"]
 
 
 def random_timm_model(timm, torch, name, **kwargs):
-    """A randomly initialised timm model whose BN statistics and affine parameters are random too, so that parity
-    exercises every tensor the importer maps (fresh BN layers would be identities)."""
-    torch.manual_seed(0)
-    model = timm.create_model(name, pretrained=False, **kwargs)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, torch.nn.BatchNorm2d):
-                module.running_mean.uniform_(-0.5, 0.5)
-                module.running_var.uniform_(0.5, 2.0)
-                module.weight.uniform_(0.5, 1.5)
-                module.bias.uniform_(-0.2, 0.2)
-    return model
+    """timm's model with random BN statistics and affine parameters (the fixture makes sure timm is there)."""
+    return weights.random_timm_model(name, **kwargs)
 
 
 def state_dict_numpy(model):

@@ -65,5 +65,3 @@ def bench_timm(
     else:
         result.peak_memory_gib, result.memory_kind = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, "host"
     return result
-
-

@@ -82,7 +82,8 @@ def summarise(results: list[Result]) -> list[Result]:
     largest peak memory), so that a slow spell of a shared machine during one process moves a ratio less."""
     groups: dict[tuple, list[Result]] = {}
     for r in results:
-        groups.setdefault((r.run, r.impl, r.ops, r.model, r.mode, r.batch, r.image_size, r.dtype, r.remat), []).append(r)
+        key = (r.run, r.impl, r.ops, r.model, r.mode, r.batch, r.image_size, r.dtype, r.remat)
+        groups.setdefault(key, []).append(r)
     rows = []
     for group in groups.values():
         step_ms = statistics.median(r.step_ms for r in group)

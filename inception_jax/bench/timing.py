@@ -14,6 +14,7 @@ from inception_jax.bench.results import Result
 # Dense bfloat16 peaks (FLOP/s) for MFU; anything else takes --peak-tflops.
 DEVICE_PEAK_FLOPS = {"NVIDIA H100 80GB HBM3": 989e12, "NVIDIA H200": 989e12, "NVIDIA A100-SXM4-80GB": 312e12}
 
+
 def time_steps(step: Callable[[], Any], warmup: int, repeats: int) -> list[float]:
     """Seconds per call of `step` (which must block until its work is done), after `warmup` untimed calls."""
     for _ in range(warmup):
@@ -42,5 +43,3 @@ def finish(result: Result, flops_per_step: float | None, peak_flops: float | Non
             result.mfu = result.achieved_tflops * 1e12 / peak_flops
     result.peak_memory_gib, result.memory_kind = peak_memory()
     return result
-
-

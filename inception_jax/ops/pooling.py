@@ -32,7 +32,7 @@ def avg_pool(x: jax.Array, window: int = 3, include_padding: bool = False, impl:
     """Stride-1 SAME average pool over NHWC `x`; padded zeros count in the mean only with `include_padding`
     (PyTorch's `count_include_pad`, for timm's Inception-v3)."""
     reference = lambda v: nn.avg_pool(v, (window, window), strides=(1, 1), padding="SAME",
-                                      count_include_pad=include_padding)  # fmt: skip
+                                      count_include_pad=include_padding).astype(v.dtype)  # fmt: skip
     return select(impl, reference, lambda v: avg_pool_same(v, window, include_padding), x)
 
 

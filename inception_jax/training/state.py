@@ -43,9 +43,11 @@ def create_model(config: ml_collections.ConfigDict, num_classes: int, bn_axis_na
 
 
 def init_variables(model: nn.Module, rng: jax.Array, image_size: int) -> dict:
-    """Fresh {'params', 'batch_stats'} for square `image_size` inputs (traceable: jit it with output shardings)."""
+    """Fresh {'params', 'batch_stats'} for square `image_size` inputs (traceable: jit it with output shardings).
+    The same in every `ops` mode; initialised with the reference ops, the smallest program to compile."""
     params_rng, dropout_rng = jax.random.split(rng)
     x = jnp.zeros((1, image_size, image_size, 3), jnp.float32)
+    model = model.clone(ops="reference") if hasattr(model, "ops") else model
     return dict(model.init({"params": params_rng, "dropout": dropout_rng}, x, train=False))
 
 
