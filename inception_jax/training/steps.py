@@ -72,8 +72,9 @@ def make_train_step(
     """The training step of the paper's recipe. `ema_decay` 0 turns the moving averages off (they then track the
     weights exactly). `mesh` (optional) pins the BN groups to devices.
 
-    A step with a non-finite loss, gradient norm or updated weights returns the old state with the step counter
-    advanced, and metrics["skipped"] = 1: the state it returns never holds a non-finite value that the step made.
+    A step with a non-finite loss or gradient norm returns the old state with the step counter advanced, and
+    metrics["skipped"] = 1: the state it returns never holds a non-finite value that the step made (a finite
+    gradient gives a finite update unless the learning rate itself overflows it).
     """
 
     def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
@@ -96,6 +97,13 @@ def make_train_step(
         (loss, (main_loss, logits, features, new_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
             state.params
         )
+        # The non-finite guard, on the device: a step whose loss or gradient norm is not finite changes nothing but
+        # the step counter (so the data position moves on past the batch); the host reads "skipped" with the
+        # metrics it reads anyway and stops (nan_policy "stop") or counts it ("skip"). Decided before the update
+        # (the gradient's norm is needed first for clipping anyway), so that the choice fuses into the update's
+        # single pass over the weights and optimiser state instead of costing a second one.
+        grad_norm = optax.tree.norm(grads)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
         updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         if ema_decay > 0:
@@ -104,18 +112,12 @@ def make_train_step(
             ema_batch_stats = optim.ema_update(state.ema_batch_stats, new_stats, decay)
         else:
             ema_params, ema_batch_stats = params, new_stats
-        grad_norm, param_norm = optax.tree.norm(grads), optax.tree.norm(params)
-        # The non-finite guard, on the device: a step whose loss, gradient norm or new weights are not finite
-        # changes nothing but the step counter (so the data position moves on past the batch); the host reads
-        # "skipped" with the metrics it reads anyway and stops (nan_policy "stop") or counts it ("skip").
-        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jnp.isfinite(param_norm)
         metrics = {
             "loss": loss,
             "cross_entropy": main_loss,
             "accuracy": jnp.mean(jnp.argmax(logits, -1) == labels),
             "learning_rate": schedule(state.step),
             "grad_norm": grad_norm,
-            "param_norm": param_norm,
             "dead_fraction": dead_fraction(features),
             "skipped": 1.0 - finite.astype(jnp.float32),
         }
@@ -124,6 +126,7 @@ def make_train_step(
         params, new_stats, opt_state, ema_params, ema_batch_stats = jax.tree.map(
             lambda new, old: jnp.where(finite, new, old), updated, kept
         )
+        metrics["param_norm"] = optax.tree.norm(params)
         new_state = state.replace(
             step=state.step + 1,
             params=params,
