@@ -52,6 +52,7 @@ class Experiment:
         train_step = steps.make_train_step(
             self.model, self.schedule, label_smoothing=config.label_smoothing,
             aux_loss_weight=config.aux_loss_weight, ema_decay=config.ema_decay, bn_groups=bn_groups, mesh=self.mesh,
+            skip_non_finite=config.nan_policy == "skip",
         )
         self.train_step = jax.jit(train_step, in_shardings=(self.state_shardings, data_sharding),
                                   out_shardings=(self.state_shardings, replicated), donate_argnums=0)

@@ -68,13 +68,15 @@ def make_train_step(
     ema_decay: float = 0.9999,
     bn_groups: int = 1,
     mesh: Any = None,
+    skip_non_finite: bool = False,
 ) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
     """The training step of the paper's recipe. `ema_decay` 0 turns the moving averages off (they then track the
     weights exactly). `mesh` (optional) pins the BN groups to devices.
 
-    A step with a non-finite loss or gradient norm returns the old state with the step counter advanced, and
-    metrics["skipped"] = 1: the state it returns never holds a non-finite value that the step made (a finite
-    gradient gives a finite update unless the learning rate itself overflows it).
+    A step with a non-finite loss or gradient norm reports metrics["skipped"] = 1. With `skip_non_finite`
+    (nan_policy "skip") it also returns the old state with the step counter advanced, so that training can go on; that
+    choice costs a second pass over weights, optimiser state and EMA (XLA's CPU backend does not fuse it into the
+    update), so nan_policy "stop" leaves it out: the loop stops at the flag and never saves the state it came with.
     """
 
     def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
@@ -97,11 +99,9 @@ def make_train_step(
         (loss, (main_loss, logits, features, new_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
             state.params
         )
-        # The non-finite guard, on the device: a step whose loss or gradient norm is not finite changes nothing but
-        # the step counter (so the data position moves on past the batch); the host reads "skipped" with the
-        # metrics it reads anyway and stops (nan_policy "stop") or counts it ("skip"). Decided before the update
-        # (the gradient's norm is needed first for clipping anyway), so that the choice fuses into the update's
-        # single pass over the weights and optimiser state instead of costing a second one.
+        # The non-finite check, on the device: the host reads "skipped" with the metrics it reads anyway and stops
+        # (nan_policy "stop") or, with skip_non_finite, counts the step, which then changed nothing but the step
+        # counter (so the data position moves on past the batch).
         grad_norm = optax.tree.norm(grads)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
         updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
@@ -121,11 +121,12 @@ def make_train_step(
             "dead_fraction": dead_fraction(features),
             "skipped": 1.0 - finite.astype(jnp.float32),
         }
-        updated = (params, new_stats, opt_state, ema_params, ema_batch_stats)
-        kept = (state.params, state.batch_stats, state.opt_state, state.ema_params, state.ema_batch_stats)
-        params, new_stats, opt_state, ema_params, ema_batch_stats = jax.tree.map(
-            lambda new, old: jnp.where(finite, new, old), updated, kept
-        )
+        if skip_non_finite:
+            updated = (params, new_stats, opt_state, ema_params, ema_batch_stats)
+            kept = (state.params, state.batch_stats, state.opt_state, state.ema_params, state.ema_batch_stats)
+            params, new_stats, opt_state, ema_params, ema_batch_stats = jax.tree.map(
+                lambda new, old: jnp.where(finite, new, old), updated, kept
+            )
         metrics["param_norm"] = optax.tree.norm(params)
         new_state = state.replace(
             step=state.step + 1,
