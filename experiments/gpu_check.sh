@@ -78,13 +78,13 @@ test_s=$(limit 180)
 export XLA_PYTHON_CLIENT_PREALLOCATE=false  # the processes share the GPU
 names=(models weights_reference weights_cpu training)
 pids=()
-timeout --kill-after=10 "$test_s" "$PY" -m pytest -q -x -p no:cacheprovider --durations=5 tests/test_models.py -k "cpu_kernels_compute or bfloat16" >"$out/pytest_models.log" 2>&1 &
+timeout --kill-after=10 "$test_s" "$PY" -m pytest -q -x --all -p no:cacheprovider --durations=5 tests/test_models.py -k "cpu_kernels_compute or bfloat16" >"$out/pytest_models.log" 2>&1 &
 pids+=($!)
-timeout --kill-after=10 "$test_s" "$PY" -m pytest -q -x -p no:cacheprovider --durations=5 tests/test_weights.py -k "eval_logits and 107 and reference" >"$out/pytest_weights_reference.log" 2>&1 &
+timeout --kill-after=10 "$test_s" "$PY" -m pytest -q -x --all -p no:cacheprovider --durations=5 tests/test_weights.py -k "eval_logits and 107 and reference" >"$out/pytest_weights_reference.log" 2>&1 &
 pids+=($!)
-timeout --kill-after=10 "$test_s" "$PY" -m pytest -q -x -p no:cacheprovider --durations=5 tests/test_weights.py -k "eval_logits and 107 and cpu" >"$out/pytest_weights_cpu.log" 2>&1 &
+timeout --kill-after=10 "$test_s" "$PY" -m pytest -q -x --all -p no:cacheprovider --durations=5 tests/test_weights.py -k "eval_logits and 107 and cpu" >"$out/pytest_weights_cpu.log" 2>&1 &
 pids+=($!)
-timeout --kill-after=10 "$test_s" "$PY" -m pytest -q -x -p no:cacheprovider --durations=5 tests/test_training.py -k "bfloat16_compute_keeps_float32_master_weights" >"$out/pytest_training.log" 2>&1 &
+timeout --kill-after=10 "$test_s" "$PY" -m pytest -q -x --all -p no:cacheprovider --durations=5 tests/test_training.py -k "bfloat16_compute_keeps_float32_master_weights" >"$out/pytest_training.log" 2>&1 &
 pids+=($!)
 for i in "${!names[@]}"; do
   if wait "${pids[$i]}"; then

@@ -45,6 +45,8 @@ def test_table_names_each_ops_implementation():
     assert ours_line(table, "ours[cpu]").rstrip().endswith("| 0.80x |")
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 @pytest.mark.parity
 def test_benchmark_runs_ours_and_timm_in_separate_processes(timm_and_torch, tmp_path, capsys):
     out = tmp_path / "bench.jsonl"
@@ -393,19 +395,24 @@ def test_gpu_script_asks_the_benchmark_for_what_it_accepts():
         assert any(a.vs_timm and a.timm_amp and "reference" in a.ops for a in mine)
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_gpu_script_selects_existing_tests():
-    # Each pytest line of the GPU script runs under a timeout and its -k selects at least one test of its file.
+    # Each pytest line of the GPU script runs under a timeout, takes both tiers (--all), and its -k selects at least
+    # one test of its file.
     lines = [line for line in GPU_SCRIPT.read_text().splitlines() if "-m pytest" in line]
-    assert len(lines) == 4 and all(line.lstrip().startswith("timeout ") for line in lines)
+    assert len(lines) == 4 and all(line.lstrip().startswith("timeout ") and " --all " in line for line in lines)
     for command in _script_commands("-m pytest"):
         files = [w for w in command if w.startswith("tests/")]
         expression = command[command.index("-k") + 1]
-        collect = [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", *files]
+        collect = [sys.executable, "-m", "pytest", "--collect-only", "-q", "--all", "-p", "no:cacheprovider", *files]
         out = subprocess.run([*collect, "-k", expression], cwd=ROOT, capture_output=True, text=True, timeout=300)
         selected = [line for line in out.stdout.splitlines() if "::" in line]
         assert out.returncode == 0 and selected, (files, expression, out.stdout[-2000:], out.stderr[-2000:])
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 @pytest.mark.parity
 def test_benchmark_in_bfloat16_beside_timm_amp(timm_and_torch, monkeypatch, tmp_path):
     # What the GPU script asks for, shrunk to the CPU: timm runs for real in float32 and under bfloat16 autocast;

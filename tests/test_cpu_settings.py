@@ -49,6 +49,7 @@ print(json.dumps({"changed": sorted(k for k in set(before) | set(os.environ) if 
 """
 
 
+@pytest.mark.subprocess
 def test_importing_the_package_changes_nothing_in_the_process():
     out = subprocess.run([sys.executable, "-c", _IMPORTS], cwd=ROOT, env=clean_env(), capture_output=True, text=True,
                          timeout=300)  # fmt: skip
@@ -92,6 +93,7 @@ def run_entry_point(tmp_path: Path, entry: str, *extra: str, **env: str) -> tupl
     return out, [json.loads(line) for line in starts.read_text().splitlines()]
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("entry", ["inception_jax.bench", "inception_jax.main"])
 def test_entry_point_on_the_cpu_says_so_once_and_restarts_with_the_tunables(tmp_path, entry):
     out, starts = run_entry_point(tmp_path, entry)
@@ -106,6 +108,7 @@ def test_entry_point_on_the_cpu_says_so_once_and_restarts_with_the_tunables(tmp_
         assert len(starts) == 1 and "GLIBC_TUNABLES" not in said[0]
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("entry", ["inception_jax.bench", "inception_jax.main"])
 def test_nocpu_settings_leaves_the_process_as_it_is(tmp_path, entry):
     out, starts = run_entry_point(tmp_path, entry, cpu_settings.OFF_FLAG)
@@ -113,6 +116,7 @@ def test_nocpu_settings_leaves_the_process_as_it_is(tmp_path, entry):
     assert starts == [{"XLA_FLAGS": None, "GLIBC_TUNABLES": None}]
 
 
+@pytest.mark.subprocess
 def test_child_of_an_entry_point_stays_silent(tmp_path):
     # What a benchmark worker inherits from the process that applied (and announced) the settings.
     inherited = {"XLA_FLAGS": cpu_settings.xla_flags(""), "GLIBC_TUNABLES": OURS, cpu_settings._APPLIED: "logged"}
@@ -121,6 +125,7 @@ def test_child_of_an_entry_point_stays_silent(tmp_path):
     assert starts == [{"XLA_FLAGS": inherited["XLA_FLAGS"], "GLIBC_TUNABLES": OURS}]
 
 
+@pytest.mark.subprocess
 @pytest.mark.skipif(not GLIBC, reason="glibc's malloc only")
 def test_the_users_own_settings_win(tmp_path):
     mine = {

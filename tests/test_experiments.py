@@ -1,43 +1,30 @@
 """The experiment scripts: the residual-scale sweep launcher and the pure-vs-residual summary."""
 
-import importlib.util
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from helpers import ROOT, TINY_CONFIG, env_with_devices, load_script
 
 from inception_jax import launch as runs
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _load_script(name: str):
-    """An experiment script as a module (the scripts are run by path, not installed)."""
-    spec = importlib.util.spec_from_file_location(name, ROOT / "experiments" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-pure_vs_residual = _load_script("pure_vs_residual")
-residual_scale_sweep = _load_script("residual_scale_sweep")
+pure_vs_residual = load_script("pure_vs_residual")
+residual_scale_sweep = load_script("residual_scale_sweep")
 
 
 @pytest.mark.slow
+@pytest.mark.subprocess
 def test_sweep_runs_one_workdir_per_scale_with_its_overrides(tmp_path):
     command = [
         sys.executable, str(ROOT / "experiments" / "residual_scale_sweep.py"), "--scales", "0.1,1.0",
-        "--model", "inception_resnet_v1", "--config", str(ROOT / "tests" / "tiny_config.py"),
-        "--workdir", str(tmp_path),
+        "--model", "inception_resnet_v1", "--config", TINY_CONFIG, "--workdir", str(tmp_path),
         "--config.num_train_steps=2", "--config.eval_every_steps=2", "--config.checkpoint_every_steps=2",
         "--config.log_every_steps=1", "--config.model.num_blocks=(1,1,1)",
     ]  # fmt: skip
     # One device: the sweep's runs are not about sharding, and 8 compile slower.
-    env = dict(os.environ, XLA_FLAGS=os.environ["XLA_FLAGS"].replace("--xla_force_host_platform_device_count=8", ""))
-    subprocess.run(command, check=True, cwd=ROOT, capture_output=True, text=True, env=env)  # a failed run exits 1
+    subprocess.run(command, check=True, cwd=ROOT, capture_output=True, text=True, env=env_with_devices(None))
     for scale in (0.1, 1.0):
         workdir = tmp_path / f"scale_{scale:g}"
         config = json.loads((workdir / "config.json").read_text())
@@ -51,10 +38,14 @@ def test_sweep_runs_one_workdir_per_scale_with_its_overrides(tmp_path):
     assert (tmp_path / "sweep.png").stat().st_size > 0
     assert "| 0.1 |" in (tmp_path / "sweep.md").read_text()
 
-    # experiments/evaluate.py on a checkpoint reproduces the run's own final evaluation, and writes JSON beside it.
-    workdir = tmp_path / "scale_0.1"
+
+@pytest.mark.slow
+@pytest.mark.subprocess
+def test_evaluate_script_reproduces_the_runs_final_evaluation(trained_run, tmp_path):
+    """experiments/evaluate.py on a checkpoint gives the run's own final evaluation, and writes JSON beside it."""
+    workdir = trained_run.copy(tmp_path / "run")
     evaluate = [sys.executable, str(ROOT / "experiments" / "evaluate.py"), "--workdir", str(workdir), "--batch", "40"]
-    subprocess.run(evaluate, check=True, cwd=ROOT, capture_output=True, text=True, env=env)
+    subprocess.run(evaluate, check=True, cwd=ROOT, capture_output=True, text=True, env=env_with_devices(None))
     result = json.loads((workdir / "eval_digits_test_1crop.json").read_text())
     final = runs.read_run(workdir)
     assert result["num_examples"] == 360 and result["crops"] == 1 and result["model"] == "inception_resnet_v1"

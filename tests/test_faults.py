@@ -1,11 +1,11 @@
-"""Faults a long run must survive without losing anything (issue 24, docs/faults.md): a non-finite loss (stop and
-skip), damaged checkpoints, a SIGKILL during an asynchronous save, a changed config on resume and bad images."""
+"""Faults a long run must survive without losing anything (docs/faults.md): a non-finite loss (stop and skip),
+damaged checkpoints, a SIGKILL during an asynchronous save, a changed config on resume and bad images. The tests
+that need a run copy the session's trained workdir (conftest.trained_run: steps 2, 4 and 6 saved)."""
 
 import glob
 import json
 import logging
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -14,17 +14,16 @@ import time
 import jax
 import numpy as np
 import pytest
+from helpers import ROOT, TINY_CONFIG, env_with_devices, one_device_mesh, tiny_config
 from PIL import Image
-from test_training import tiny_config
 
 from inception_jax import data
 from inception_jax.training import checkpoints, loop, sharding
 from inception_jax.training import config as config_lib
 from inception_jax.training.metrics import read_jsonl
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY_CONFIG = os.path.join(ROOT, "tests", "tiny_config.py")
 STATE_PARTS = ("params", "batch_stats", "opt_state", "ema_params", "ema_batch_stats", "rng")
+ONE_DEVICE = env_with_devices(None)
 
 
 def keep_states(states):
@@ -42,23 +41,14 @@ def messages(caplog, level=logging.WARNING):
     return [r.getMessage() for r in caplog.records if r.levelno >= level]
 
 
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory):
-    """An undamaged 6-step run checkpointed at 2, 4 and 6, and its final state (tests copy the workdir)."""
-    workdir = str(tmp_path_factory.mktemp("reference"))
-    states = {}
-    loop.train_and_evaluate(tiny_config(checkpoint_every_steps=2), workdir, step_callback=keep_states(states))
-    assert checkpoints.saved_steps(os.path.join(workdir, "checkpoints")) == [2, 4, 6]
-    return workdir, states[6]
-
-
-def copy_run(reference, tmp_path):
-    workdir = str(tmp_path / "run")
-    shutil.copytree(reference[0], workdir)
-    return workdir
-
-
-ONE_DEVICE = dict(os.environ, XLA_FLAGS=" ".join(f for f in os.environ["XLA_FLAGS"].split() if "device_count" not in f))
+def structure_only_run(workdir, config, steps=(2, 4, 6)):
+    """A workdir as check_resume_config sees it: config.json and the checkpoints' step directories (it reads their
+    names only), without training."""
+    for step in steps:
+        os.makedirs(os.path.join(workdir, "checkpoints", str(step)))
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+        f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+    return str(workdir)
 
 
 def main_command(*args):
@@ -77,9 +67,11 @@ def run_main(*args):
 # --- non-finite loss ----------------------------------------------------------------------------------------------
 
 
-def test_nan_stop_keeps_the_good_checkpoints_and_exits_3(reference, tmp_path):
+@pytest.mark.slow
+@pytest.mark.subprocess
+def test_nan_stop_keeps_the_good_checkpoints_and_exits_3(trained_run, tmp_path):
     """A healthy run to step 6, then the same workdir with learning_rate 1e12."""
-    workdir = copy_run(reference, tmp_path)
+    workdir = str(trained_run.copy(tmp_path / "run"))
     code, [line], err = run_main(f"--workdir={workdir}", "--config.checkpoint_every_steps=2",
                                  "--config.num_train_steps=20", "--config.learning_rate=1e12")
     print(line)
@@ -106,10 +98,12 @@ def test_nan_stop_keeps_the_good_checkpoints_and_exits_3(reference, tmp_path):
     assert all(np.isfinite(r["loss"]) for r in records[:-1])
 
 
-def test_nan_skip_drops_the_update_and_stops_after_max_skips(reference, tmp_path):
+@pytest.mark.slow
+@pytest.mark.subprocess
+def test_nan_skip_drops_the_update_and_stops_after_max_skips(trained_run, tmp_path):
     """The same blow-up under nan_policy=skip, a checkpoint at every step: the skipped steps' checkpoints hold the
     state of the last finite step (only the step counter moved on), and the third skip in a row stops the run."""
-    workdir = copy_run(reference, tmp_path)
+    workdir = str(trained_run.copy(tmp_path / "run"))
     code, [line], err = run_main(f"--workdir={workdir}", "--config.checkpoint_every_steps=1",
                                  "--config.keep_checkpoints=20", "--config.num_train_steps=20",
                                  "--config.log_every_steps=1", "--config.learning_rate=1e12",
@@ -140,8 +134,9 @@ def test_nan_skip_drops_the_update_and_stops_after_max_skips(reference, tmp_path
 # --- damaged checkpoints ------------------------------------------------------------------------------------------
 
 
-def test_damaged_newest_checkpoints_fall_back_to_the_previous_one(reference, tmp_path, caplog):
-    workdir = copy_run(reference, tmp_path)
+@pytest.mark.slow
+def test_damaged_newest_checkpoints_fall_back_to_the_previous_one(trained_run, tmp_path, caplog):
+    workdir = str(trained_run.copy(tmp_path / "run"))
     directory = os.path.join(workdir, "checkpoints")
     for path in glob.glob(f"{directory}/6/state/**/d/*", recursive=True):  # truncated array files
         with open(path, "r+b") as f:
@@ -149,11 +144,11 @@ def test_damaged_newest_checkpoints_fall_back_to_the_previous_one(reference, tmp
     for path in glob.glob(f"{directory}/4/state/**/d/*", recursive=True):  # deleted array files
         os.remove(path)
     states = {}
-    summary = loop.train_and_evaluate(tiny_config(checkpoint_every_steps=2), workdir,
+    summary = loop.train_and_evaluate(tiny_config(checkpoint_every_steps=2), workdir, mesh=one_device_mesh(),
                                       step_callback=keep_states(states))
     print("\n".join(messages(caplog)))
     assert summary["step"] == 6 and min(states) == 3  # resumed from step 2
-    assert_states_equal(states[6], reference[1])
+    assert_states_equal(states[6], trained_run.state(6))
     assert sorted(os.listdir(os.path.join(directory, "damaged"))) == ["4", "6"]  # kept, out of the way
     assert checkpoints.saved_steps(directory) == [2, 4, 6]
     warnings = messages(caplog)
@@ -187,6 +182,8 @@ def test_garbled_metadata_falls_back_and_none_readable_is_an_error(tmp_path, cap
     ckpt.close()
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_sigkill_during_an_async_save_leaves_the_previous_checkpoint(tmp_path):
     workdir = tmp_path / "run"
     directory = workdir / "checkpoints"
@@ -212,7 +209,7 @@ def test_sigkill_during_an_async_save_leaves_the_previous_checkpoint(tmp_path):
     assert finished and all(e.isdigit() or "tmp" in e for e in left)
     config = tiny_config()
     ckpt = checkpoints.Checkpointer(str(directory))
-    state, meta = ckpt.restore(loop.Experiment(config, sharding.make_mesh(jax.devices()[:1])).abstract_state)
+    state, meta = ckpt.restore(loop.Experiment(config, one_device_mesh()).abstract_state)
     ckpt.close()
     assert meta["step"] == int(state.step) == max(finished)
     # Orbax removed the unfinished save when the checkpoints were opened again.
@@ -234,26 +231,28 @@ def test_sigkill_during_an_async_save_leaves_the_previous_checkpoint(tmp_path):
     ("ema_decay", 0.0),
     ("weight_decay", 0.0),
 ])
-def test_structural_config_change_on_resume_is_one_line(reference, field, value):
+def test_structural_config_change_on_resume_is_one_line(tmp_path, field, value):
+    workdir = structure_only_run(tmp_path, tiny_config())
     config = tiny_config(**{field: value})
     with pytest.raises(config_lib.ConfigChangeError) as error:
-        loop.check_resume_config(config, reference[0])
+        loop.check_resume_config(config, workdir)
     message = str(error.value)
     print(message)
     assert "\n" not in message and f"{field} " in message and " -> " in message
     assert "new --workdir" in message and "allow_config_change=True" in message
 
 
-def test_safe_config_changes_are_allowed_and_listed(reference):
+def test_safe_config_changes_are_allowed_and_listed(tmp_path):
+    workdir = structure_only_run(tmp_path, tiny_config(checkpoint_every_steps=2))
     config = tiny_config(learning_rate=0.01, num_train_steps=100, image_size=99, fsdp=True, eval_every_steps=5,
                          grad_clip_norm=1.0, **{"model.residual_scales": (0.1, 0.1, 0.1), "model.dtype": "bfloat16"})
-    with open(os.path.join(reference[0], "config.json")) as f:
+    with open(os.path.join(workdir, "config.json")) as f:
         structural, safe = config_lib.config_changes(json.load(f), config)
     assert structural == []
     assert [change.split()[0] for change in safe] == [
         "checkpoint_every_steps", "eval_every_steps", "fsdp", "grad_clip_norm", "image_size", "learning_rate",
         "model.dtype", "model.residual_scales", "num_train_steps"]
-    loop.check_resume_config(config, reference[0])  # logs them, raises nothing
+    loop.check_resume_config(config, workdir)  # logs them, raises nothing
 
 
 @pytest.mark.parametrize("field,value", [("nan_policy", "ignore"), ("nan_max_skips", 0)])
@@ -262,8 +261,10 @@ def test_bad_fault_fields_name_the_field(field, value):
         config_lib.validate(tiny_config(**{field: value}), device_count=8)
 
 
-def test_config_change_through_main_and_evaluate(reference, tmp_path):
-    workdir = copy_run(reference, tmp_path)
+@pytest.mark.slow
+@pytest.mark.subprocess
+def test_config_change_through_main_and_evaluate(trained_run, tmp_path):
+    workdir = str(trained_run.copy(tmp_path / "run"))
     for mode in ("train", "evaluate"):
         code, [line], err = run_main(f"--workdir={workdir}", f"--config.mode={mode}",
                                      "--config.model.name=inception_resnet_v2")

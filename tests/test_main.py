@@ -1,29 +1,20 @@
 """`python -m inception_jax.main`: the config files, bad configs failing early with the field's name, and an
 end-to-end run plus evaluation through the command line."""
 
-import importlib.util
-import os
 import subprocess
 import sys
 
 import jax
 import pytest
+from helpers import ROOT, TINY_CONFIG, env_with_devices, project_config
 
 from inception_jax.training import default_config, validate
 from inception_jax.training.state import create_model
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PAPER_CONFIGS = ["inception_v3", "inception_v4", "inception_resnet_v1", "inception_resnet_v2"]
 # Keys that users and sweeps override; their names are part of the interface.
 SWEEP_KEYS = ["model.name", "model.depth_multiplier", "dataset.name", "image_size", "batch_size", "num_epochs",
               "num_train_steps", "learning_rate", "seed", "checkpoint_every_steps", "eval_every_steps"]
-
-
-def load_config_file(name):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "configs", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
 
 
 def get(config, dotted):
@@ -34,7 +25,7 @@ def get(config, dotted):
 
 @pytest.mark.parametrize("name", PAPER_CONFIGS)
 def test_paper_configs_hold_the_paper_recipe(name):
-    config = load_config_file(name)
+    config = project_config(name)
     for key in SWEEP_KEYS:
         get(config, key)
     if "resnet" in name:
@@ -55,14 +46,14 @@ def test_paper_configs_hold_the_paper_recipe(name):
 
 @pytest.mark.parametrize("name", ["inception_v3", "inception_v4", "inception_resnet_v1", "inception_resnet_v2"])
 def test_pure_vs_residual_base_config_builds_every_network(name):
-    config = load_config_file("pure_vs_residual")
+    config = project_config("pure_vs_residual")
     assert "residual_scales" not in config.model and "num_blocks" not in config.model
     config.model.name, config.dataset.name = name, "fake"
     create_model(config, validate(config, device_count=8).num_classes)
 
 
 def test_quickstart_config_validates_as_is():
-    config = load_config_file("quickstart")
+    config = project_config("quickstart")
     for key in [*SWEEP_KEYS, "model.residual_scales"]:
         get(config, key)
     info = validate(config, device_count=jax.device_count())
@@ -94,7 +85,7 @@ def _set(config, dotted, value):
     ],
 )
 def test_invalid_config_names_the_field(field, value, message):
-    config = load_config_file("quickstart")
+    config = project_config("quickstart")
     _set(config, field, value)
     with pytest.raises(ValueError) as error:
         validate(config, device_count=8)
@@ -106,14 +97,14 @@ def test_unknown_keys_in_a_config_file_are_rejected():
     config.learning_rat = 0.1  # a typo must not be silently ignored
     with pytest.raises(ValueError, match="config field learning_rat is unknown"):
         validate(config, device_count=1)
-    config = load_config_file("quickstart")
+    config = project_config("quickstart")
     config.dataset.nmae = "x"
     with pytest.raises(ValueError, match="config field dataset.nmae is unknown"):
         validate(config, device_count=1)
 
 
 def test_bad_model_field_names_the_section():
-    config = load_config_file("quickstart")
+    config = project_config("quickstart")
     config.model.depth_multiplier = -1.0
     info = validate(config, device_count=8)
     with pytest.raises(ValueError, match=r"config section model: depth_multiplier must be > 0"):
@@ -143,24 +134,26 @@ def test_cli_rejects_bad_configs_before_doing_anything(tmp_path, override, messa
     assert not workdir.exists()  # failed before creating anything (and before compiling)
 
 
-TINY_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tiny_config.py")
-
-
-def test_cli_trains_evaluates_and_resumes(tmp_path):
-    config_file = TINY_CONFIG
-    workdir = tmp_path / "run"
-    result = run_main(f"--config={config_file}", f"--workdir={workdir}", "--config.num_train_steps=4")
+@pytest.mark.slow
+@pytest.mark.subprocess
+def test_cli_resumes_trains_and_evaluates(trained_run, tmp_path):
+    """The command line on a copy of the session's trained run (steps 2, 4, 6 saved): more steps resume at 6 rather
+    than starting over and write the run's files again; then mode=evaluate evaluates the newest checkpoint."""
+    workdir = trained_run.copy(tmp_path / "run")
+    rewritten = ("summary.json", "curves.png")
+    for name in rewritten:
+        (workdir / name).unlink()
+    result = run_main(f"--config={TINY_CONFIG}", f"--workdir={workdir}", "--config.num_train_steps=8",
+                      env=env_with_devices(None))
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "inception_resnet_v1 on digits: step 4/4" in result.stdout and "final top-1" in result.stdout
-    for name in ("metrics.jsonl", "summary.json", "config.json", "curves.png", "checkpoints/4"):
+    assert "resumed from step 6" in result.stderr
+    assert "inception_resnet_v1 on digits: step 8/8" in result.stdout and "final top-1" in result.stdout
+    for name in (*rewritten, "metrics.jsonl", "config.json", "checkpoints/8"):
         assert (workdir / name).exists(), name
-    # Same workdir, more steps: resumes at 4 rather than starting over.
-    result = run_main(f"--config={config_file}", f"--workdir={workdir}", "--config.num_train_steps=6")
+    result = run_main(f"--config={TINY_CONFIG}", f"--workdir={workdir}", "--config.mode=evaluate",
+                      env=env_with_devices(None))
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "resumed from step 4" in result.stderr and "step 6/6" in result.stdout
-    result = run_main(f"--config={config_file}", f"--workdir={workdir}", "--config.mode=evaluate")
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "step 6: top-1" in result.stdout and "(360 examples)" in result.stdout
+    assert "step 8: top-1" in result.stdout and "(360 examples)" in result.stdout
 
 
 def free_port():
@@ -178,6 +171,7 @@ def read_metrics(workdir):
 
 
 @pytest.mark.slow
+@pytest.mark.subprocess
 def test_two_processes_train_like_one(tmp_path):
     """jax.distributed over two local processes of 2 CPU devices each (gloo) against one process of 4: same
     batches, same steps, same evaluation over the whole split. (Fewer devices than the other tests' 8: each of the
@@ -185,11 +179,9 @@ def test_two_processes_train_like_one(tmp_path):
     config_file = TINY_CONFIG
     common = [f"--config={config_file}", "--config.num_train_steps=2", "--config.log_every_steps=1",
               "--config.mode=train_and_evaluate"]
-    flags = os.environ["XLA_FLAGS"]
-    devices = lambda n: dict(os.environ, XLA_FLAGS=flags.replace("device_count=8", f"device_count={n}"))
-    single = run_main(*common, f"--workdir={tmp_path / 'one'}", env=devices(4))
+    single = run_main(*common, f"--workdir={tmp_path / 'one'}", env=env_with_devices(4))
     assert single.returncode == 0, single.stderr[-3000:]
-    env = devices(2)
+    env = env_with_devices(2)
     address = f"--coordinator_address=127.0.0.1:{free_port()}"
     processes = [
         subprocess.Popen([sys.executable, "-m", "inception_jax.main", *common, f"--workdir={tmp_path / 'two'}",

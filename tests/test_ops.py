@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import relative_error
 from jax import lax
 
 from inception_jax.models import layers
@@ -19,10 +20,6 @@ from inception_jax.ops import conv as conv_ops
 
 NHWC = ("NHWC", "HWIO", "NHWC")
 cpu_conv = functools.partial(conv_ops.conv_general_dilated, impl="cpu")  # lax.conv_general_dilated's signature
-
-
-def relative_error(a: jax.Array, b: jax.Array) -> float:
-    return float(jnp.max(jnp.abs(a - b)) / jnp.max(jnp.abs(b)))
 
 
 def random(shape, seed):
@@ -247,6 +244,7 @@ def test_winograd_output_transform_runs_once():
     assert len([line for line in readers if " fusion(" in line]) == 1, readers
 
 
+@pytest.mark.slow
 def test_inception_a_block_is_the_same_with_cpu_kernels(monkeypatch):
     """A whole v4 Inception-A block (Fig. 4) at its 35x35 size, where the CPU kernels run its three 3x3 convs as
     F(4x4, 3x3) and its 1x1s as matmuls: outputs, BN statistics and parameter gradients equal the reference's."""

@@ -1,7 +1,6 @@
 """Training: the optimiser against a numpy TF1 RMSProp, the schedule, the decay mask, the EMA, BN statistics per
 device, 8 devices vs 1, FSDP, checkpoints (keep-best, SIGTERM, exact resume) and a short quickstart run."""
 
-import importlib.util
 import json
 import os
 import signal
@@ -13,32 +12,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from tiny_config import get_config as tiny_base_config
+from helpers import max_leaf_relative_error, one_device_mesh, project_config, tiny_config
 
 from inception_jax.training import checkpoints, default_config, loop, optim, sharding, steps
 from inception_jax.training.state import TrainState
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def tiny_config(**overrides):
-    """tests/tiny_config.py in train mode, with dotted-key overrides."""
-    config = tiny_base_config()
-    config.mode = "train"
-    for key, value in overrides.items():
-        target = config
-        *path, last = key.split(".")
-        for part in path:
-            target = target[part]
-        target[last] = value
-    return config
-
-
-def load_config_file(name):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "configs", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
 
 
 def random_batch(size, image_size=75, num_classes=10, seed=0):
@@ -47,12 +24,6 @@ def random_batch(size, image_size=75, num_classes=10, seed=0):
         "image": rng.uniform(-1, 1, (size, image_size, image_size, 3)).astype(np.float32),
         "label": rng.integers(0, num_classes, size).astype(np.int32),
     }
-
-
-def max_relative_difference(a, b):
-    diffs = jax.tree.map(lambda x, y: float(np.max(np.abs(np.asarray(x) - np.asarray(y))) /
-                                            (np.max(np.abs(np.asarray(y))) + 1e-12)), a, b)
-    return max(jax.tree.leaves(diffs))
 
 
 # --- optimiser ----------------------------------------------------------------------------------------------------
@@ -253,9 +224,9 @@ def test_per_device_bn_statistics_are_per_device_and_independent_of_sharding():
     np.testing.assert_allclose(per_device.batch_stats["bn"]["var"], 0.5 + 0.5 * groups.var(1).mean(0), rtol=1e-4)
     np.testing.assert_allclose(results["global"].batch_stats["bn"]["var"], 0.5 + 0.5 * images.reshape(-1, 2).var(0),
                                rtol=1e-4)
-    assert max_relative_difference(per_device.params, results["1 device, 8 groups"].params) < 1e-5
-    assert max_relative_difference(per_device.batch_stats, results["1 device, 8 groups"].batch_stats) < 1e-5
-    assert max_relative_difference(per_device.params, results["global"].params) > 1e-3
+    assert max_leaf_relative_error(per_device.params, results["1 device, 8 groups"].params) < 1e-5
+    assert max_leaf_relative_error(per_device.batch_stats, results["1 device, 8 groups"].batch_stats) < 1e-5
+    assert max_leaf_relative_error(per_device.params, results["global"].params) > 1e-3
 
 
 def test_fsdp_spec_splits_large_arrays_only():
@@ -266,6 +237,7 @@ def test_fsdp_spec_splits_large_arrays_only():
     assert sharding.fsdp_spec((1536, 1000), 1) == jax.sharding.PartitionSpec()
 
 
+@pytest.mark.slow
 def test_one_step_on_8_devices_equals_one_step_on_1_device():
     """Global BN, same global batch: replicated on 8 devices and FSDP on 8 devices match 1 device."""
     config = tiny_config(fsdp_min_size=256)  # the tiny network has no array of the default 16k elements
@@ -288,13 +260,13 @@ def test_one_step_on_8_devices_equals_one_step_on_1_device():
                        for leaf in jax.tree.leaves(new_state.params))
         results[name] = jax.device_get((new_state, metrics))
     reference_state, reference_metrics = results["1 device"]
-    assert max_relative_difference(reference_state.params, initial.params) > 1e-3  # the step did something
+    assert max_leaf_relative_error(reference_state.params, initial.params) > 1e-3  # the step did something
     for name in ("8 devices", "8 devices FSDP"):
         state, metrics = results[name]
         assert int(state.step) == 1
         np.testing.assert_allclose(metrics["loss"], reference_metrics["loss"], rtol=1e-5)
         for part in ("params", "batch_stats", "opt_state", "ema_params"):
-            assert max_relative_difference(getattr(state, part), getattr(reference_state, part)) < 1e-4, (name, part)
+            assert max_leaf_relative_error(getattr(state, part), getattr(reference_state, part)) < 1e-4, (name, part)
 
 
 # --- checkpoints and the loop ---------------------------------------------------------------------------------------
@@ -334,8 +306,9 @@ def read_tensorboard_tags(directory):
     return tags
 
 
+@pytest.mark.slow
 def test_quickstart_lowers_the_loss(tmp_path):
-    config = load_config_file("quickstart")
+    config = project_config("quickstart")
     config.num_train_steps, config.log_every_steps, config.mode = 40, 10, "train"
     config.checkpoint_every_steps = 0
     # One device: 8 simulated ones on a 2-core CPU only slow it down (sharding has its own tests above).
@@ -352,46 +325,45 @@ def test_quickstart_lowers_the_loss(tmp_path):
     assert os.listdir(tmp_path / "checkpoints") == ["40"]  # the final checkpoint
 
 
-def test_sigterm_saves_and_resume_matches_an_uninterrupted_run(tmp_path):
+@pytest.mark.slow
+def test_sigterm_saves_and_resume_matches_an_uninterrupted_run(trained_run, tmp_path):
+    """SIGTERM at step 3 saves a checkpoint of step 3 only; rerunning resumes there and ends where the session's
+    uninterrupted run of the same config ended (`trained_run`, on the same one-device mesh)."""
     config = tiny_config(mode="train_and_evaluate")
     finals = {}
-
-    def keep_final(name):
-        def callback(step, state):
-            if step == config.num_train_steps:
-                finals[name] = jax.device_get(state)
-        return callback
-
-    uninterrupted = loop.train_and_evaluate(config, str(tmp_path / "a"), step_callback=keep_final("a"))
-    assert uninterrupted["step"] == 6
 
     def preempt_at_3(step, state):
         if step == 3:
             os.kill(os.getpid(), signal.SIGTERM)
+        if step == config.num_train_steps:
+            finals["resumed"] = jax.device_get(state)
 
     handler = signal.getsignal(signal.SIGTERM)
-    first = loop.train_and_evaluate(config, str(tmp_path / "b"), step_callback=preempt_at_3)
+    first = loop.train_and_evaluate(config, str(tmp_path / "b"), mesh=one_device_mesh(), step_callback=preempt_at_3)
     assert first["preempted"] and first["step"] == 3
     assert os.listdir(tmp_path / "b" / "checkpoints") == ["3"]
     assert signal.getsignal(signal.SIGTERM) is handler  # the loop put the previous handler back
 
-    resumed = loop.train_and_evaluate(config, str(tmp_path / "b"), step_callback=keep_final("b"))
+    resumed = loop.train_and_evaluate(config, str(tmp_path / "b"), mesh=one_device_mesh(), step_callback=preempt_at_3)
     assert resumed["step"] == 6 and not resumed["preempted"]
-    a, b = finals["a"], finals["b"]
+    a, b = trained_run.state(6), finals["resumed"]
     assert int(a.step) == int(b.step) == 6
     for part in ("params", "batch_stats", "opt_state", "ema_params", "ema_batch_stats", "rng"):
         jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-7), getattr(a, part),
                      getattr(b, part))
-    assert resumed["eval_top1"] == pytest.approx(uninterrupted["eval_top1"])
+    uninterrupted = trained_run.final_eval()
+    assert uninterrupted["step"] == 6
+    assert resumed["eval_top1"] == pytest.approx(uninterrupted["top1"])
 
     # Evaluating the finished workdir gives the run's own final accuracy (EMA weights restored).
     config.mode = "evaluate"
-    evaluated = loop.evaluate(config, str(tmp_path / "a"))
+    evaluated = loop.evaluate(config, str(trained_run.copy(tmp_path / "a")), mesh=one_device_mesh())
     assert evaluated["step"] == 6
-    assert evaluated["top1"] == pytest.approx(uninterrupted["eval_top1"])
+    assert evaluated["top1"] == pytest.approx(uninterrupted["top1"])
     assert evaluated["num_examples"] == 360
 
 
+@pytest.mark.slow
 def test_bfloat16_compute_keeps_float32_master_weights():
     config = tiny_config()
     mesh = sharding.make_mesh(jax.devices()[:1])

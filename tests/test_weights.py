@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import relative_error
 
 from inception_jax import models, weights
 
@@ -18,10 +19,6 @@ def random_timm_model(timm, torch, name, **kwargs):
 
 def state_dict_numpy(model):
     return {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
-
-
-def relative_error(ours, reference):
-    return float(np.abs(np.asarray(ours) - reference).max() / np.abs(reference).max())
 
 
 @pytest.fixture(scope="module")
@@ -48,6 +45,7 @@ def test_eval_logits_match_timm(timm_and_torch, name, ops, size, image_batch):
     assert models.count_params(variables["params"]) == sum(p.numel() for p in reference_model.parameters())
 
 
+@pytest.mark.slow
 def test_train_mode_and_aux_logits_match_timm_v3(timm_and_torch):
     """Training mode (batch statistics) and the auxiliary head, at 299 where the aux head sees 17x17.
 
@@ -86,6 +84,7 @@ def test_wrong_model_name_or_checkpoint_is_refused():
         weights.from_timm("inception_v4", {"fc.weight": np.zeros((2, 2)), "fc.bias": np.zeros(2)})
 
 
+@pytest.mark.slow
 def test_cli_writes_a_checkpoint_that_loads_back(timm_and_torch, tmp_path, image_batch):
     from safetensors.numpy import save_file
 

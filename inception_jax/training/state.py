@@ -42,15 +42,6 @@ def create_model(config: ml_collections.ConfigDict, num_classes: int, bn_axis_na
         raise ValueError(f"config section model: {error}") from error
 
 
-def init_variables(model: nn.Module, rng: jax.Array, image_size: int) -> dict:
-    """Fresh {'params', 'batch_stats'} for square `image_size` inputs (traceable: jit it with output shardings).
-    The same in every `ops` mode; initialised with the reference ops, the smallest program to compile."""
-    params_rng, dropout_rng = jax.random.split(rng)
-    x = jnp.zeros((1, image_size, image_size, 3), jnp.float32)
-    model = model.clone(ops="reference") if hasattr(model, "ops") else model
-    return dict(model.init({"params": params_rng, "dropout": dropout_rng}, x, train=False))
-
-
 def create_train_state(
     model: nn.Module, tx: optax.GradientTransformation, rng: jax.Array, image_size: int
 ) -> TrainState:
@@ -59,9 +50,7 @@ def create_train_state(
     Traceable: call it under `jax.jit` with `out_shardings` so that each device builds only its shard.
     """
     init_rng, train_rng = jax.random.split(rng)
-    # RngBitGenerator keys: threefry would unroll into ~10x more HLO and triple the compile time of init.
-    init_rng = jax.random.key(jax.random.randint(init_rng, (), 0, 2**31 - 1), impl="rbg")
-    variables = init_variables(model, init_rng, image_size)
+    variables = models.init_variables(model, init_rng, image_size)
     params, batch_stats = variables["params"], variables.get("batch_stats", {})
     return TrainState(
         step=jnp.zeros((), jnp.int32),
