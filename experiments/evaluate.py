@@ -6,9 +6,11 @@
         --workdir runs/irv2_c --crops 144 --out results/ensemble.json
 
 Training checkpoints are read with their EMA weights (the paper's evaluation) unless --no-ema, from the latest or
-the best (--checkpoint best) step. Each crop setting writes one result JSON: next to the checkpoint
-(`<workdir>/eval_<dataset>_<split>_<crops>crop.json`) for a single member, to --out (with `_<crops>crop` added when
-several settings run) otherwise. The error is exact over the whole split, on any number of devices.
+the best (--checkpoint best) step; --bn-recalibration N recomputes their BatchNorm statistics over N of the run's
+training batches first (for this evaluation only; the checkpoint is not changed). Each crop setting writes one
+result JSON: next to the checkpoint (`<workdir>/eval_<dataset>_<split>_<crops>crop.json`) for a single member, to
+--out (with `_<crops>crop` added when several settings run) otherwise. The error is exact over the whole split, on
+any number of devices.
 """
 
 from __future__ import annotations
@@ -28,8 +30,10 @@ from inception_jax.training import checkpoints, loop, sharding
 CROPS = (1, 12, 144)
 
 
-def load_workdir(workdir: Path, which: str, ema: bool) -> tuple[multicrop.Member, ml_collections.ConfigDict, int]:
-    """(model, variables), the run's config and the checkpoint step of a training workdir."""
+def load_workdir(workdir: Path, which: str, ema: bool,
+                 recalibration_batches: int = 0) -> tuple[multicrop.Member, ml_collections.ConfigDict, int]:
+    """(model, variables), the run's config and the checkpoint step of a training workdir; with
+    `recalibration_batches` > 0 the variables' BatchNorm statistics recalibrated over that many training batches."""
     config_path = workdir / "config.json"
     if not config_path.is_file():
         raise FileNotFoundError(f"{workdir} has no config.json: not a workdir of python -m inception_jax.main")
@@ -41,7 +45,11 @@ def load_workdir(workdir: Path, which: str, ema: bool) -> tuple[multicrop.Member
         raise FileNotFoundError(f"no {which} checkpoint in {workdir / 'checkpoints'}")
     state, _ = checkpointer.restore(experiment.abstract_state, step)
     checkpointer.close()
-    return (experiment.model, state.variables(ema=ema and config.ema_decay > 0)), config, step
+    variables = state.variables(ema=ema and config.ema_decay > 0)
+    if recalibration_batches:
+        config.bn_recalibration_batches = recalibration_batches
+        variables = loop.recalibrate_batchnorm(experiment, config, variables)
+    return (experiment.model, variables), config, step
 
 
 def parse_crops(text: str) -> list[int]:
@@ -66,6 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=8, help="images per step (all crops of each go through)")
     parser.add_argument("--checkpoint", choices=("latest", "best"), default="latest")
     parser.add_argument("--no-ema", action="store_true", help="raw weights instead of their moving average")
+    parser.add_argument("--bn-recalibration", type=int, default=0, metavar="N",
+                        help="recompute each workdir's BatchNorm statistics over N of its training batches first")
     parser.add_argument("--out", type=Path, help="result JSON (required for an ensemble)")
     args = parser.parse_args(argv)
     if not args.workdir and not args.weights:
@@ -74,6 +84,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("an ensemble needs --out for its result JSON")
     if not args.workdir and not args.dataset:
         parser.error("--weights alone needs --dataset (and --data-dir for tfds data sets)")
+    if args.bn_recalibration < 0 or (args.bn_recalibration and args.weights):
+        parser.error("--bn-recalibration must be >= 0, and needs training workdirs only (their config names the "
+                     "training data and batch size); leave out --weights or the recalibration")
     mesh = sharding.make_mesh()
     if args.batch < 1 or args.batch % mesh.devices.size:
         parser.error(f"--batch must be a positive multiple of the device count {mesh.devices.size}")
@@ -81,7 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     members, names, sources, steps = [], [], [], []
     dataset_config, image_size = data.default_dataset_config(), args.image_size
     for workdir in args.workdir:
-        member, config, step = load_workdir(workdir, args.checkpoint, ema=not args.no_ema)
+        member, config, step = load_workdir(workdir, args.checkpoint, ema=not args.no_ema,
+                                            recalibration_batches=args.bn_recalibration)
         if len(members) == 0:
             dataset_config, image_size = config.dataset, image_size or config.image_size
         members.append(member)
@@ -115,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         result.update(
             crops=crops, dataset=info.name, split=split, image_size=image_size, sources=sources,
             weights="raw" if args.no_ema else "ema", checkpoint=args.checkpoint if args.workdir else None,
-            steps=steps, seconds=round(time.time() - start, 1),
+            steps=steps, bn_recalibration_batches=args.bn_recalibration, seconds=round(time.time() - start, 1),
         )  # fmt: skip
         result.update(model=names[0]) if len(members) == 1 else result.update(members=names)
         if args.out:

@@ -113,7 +113,7 @@ def main(argv: list[str]) -> int:
         if config.mode == "evaluate":
             results = loop.evaluate(config, workdir)
             print(f"step {results['step']}: top-1 {100 * results['top1']:.2f}%  top-5 {100 * results['top5']:.2f}%  "
-                  f"({int(results['num_examples'])} examples)")
+                  f"({int(results['num_examples'])} examples{loop.statistics_note(results)})")
             return 0
         summary = loop.train_and_evaluate(config, workdir)
     except tuple(EXIT_CODES) as error:  # a fault with a one-line explanation (docs/faults.md), not a traceback
@@ -122,7 +122,9 @@ def main(argv: list[str]) -> int:
     if jax.process_index() == 0:
         parts = [f"{config.model.name} on {config.dataset.name}: step {summary['step']}/{summary['total_steps']}"]
         if "eval_top1" in summary:
-            parts.append(f"final top-1 {100 * summary['eval_top1']:.2f}%  top-5 {100 * summary['eval_top5']:.2f}%")
+            recalibrated = loop.statistics_note({"bn_recalibration_batches": summary["eval_bn_recalibration_batches"]})
+            parts.append(f"final top-1 {100 * summary['eval_top1']:.2f}%  top-5 {100 * summary['eval_top5']:.2f}%"
+                         + (f" ({recalibrated[2:]})" if recalibrated else ""))
         if "images_per_sec" in summary:
             parts.append(f"{summary['images_per_sec']:.1f} images/s")
         parts.append(f"wall {summary['wall_seconds']:.0f} s")

@@ -116,6 +116,18 @@ def test_eval_is_in_order_padded_and_unaugmented():
     assert_same(got, batches(split="test", train=False, n=10, seed=5))
 
 
+def test_unaugmented_training_batches_are_the_eval_images_in_training_order():
+    """train=True, augment=False (BatchNorm recalibration's batches): the training stream's examples, each image
+    as the evaluation preprocesses it."""
+    augmented, plain = batches(n=2), batches(n=2, augment=False)
+    evaluated = np.concatenate([b["image"] for b in batches(split="train", train=False, n=10)])
+    for a, p in zip(augmented, plain, strict=True):
+        np.testing.assert_array_equal(a["label"], p["label"])
+        assert set(p) == {"image", "label"}
+        np.testing.assert_array_equal(p["image"], evaluated[p["label"]])  # label = index in the split
+        assert not np.array_equal(a["image"], p["image"])
+
+
 def test_pipeline_runs_the_public_preprocessing():
     """Batch s, slot j of a seed-s0 stream == preprocess_train(image, seed=(s0, s * global_batch + j))."""
     from inception_jax.data.datasets import digits_splits

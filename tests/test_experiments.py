@@ -6,9 +6,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import ROOT, TINY_CONFIG, env_with_devices, load_script
+from helpers import ROOT, TINY_CONFIG, env_with_devices, load_script, one_device_mesh
 
 from inception_jax import launch as runs
+from inception_jax.training import loop
 
 pure_vs_residual = load_script("pure_vs_residual")
 residual_scale_sweep = load_script("residual_scale_sweep")
@@ -51,6 +52,16 @@ def test_evaluate_script_reproduces_the_runs_final_evaluation(trained_run, tmp_p
     assert result["num_examples"] == 360 and result["crops"] == 1 and result["model"] == "inception_resnet_v1"
     assert result["top1_error"] == pytest.approx(100 - final["final_top1"])
     assert result["top5_error"] == pytest.approx(100 - final["final_top5"])
+    assert result["bn_recalibration_batches"] == 0
+
+    # With BatchNorm recalibration: the result says so and equals the training loop's evaluation recalibrated alike.
+    subprocess.run([*evaluate, "--bn-recalibration", "4"], check=True, cwd=ROOT, capture_output=True, text=True,
+                   env=env_with_devices(None))
+    result = json.loads((workdir / "eval_digits_test_1crop.json").read_text())
+    looped = loop.evaluate(trained_run.config(mode="evaluate", bn_recalibration_batches=4), str(workdir),
+                           mesh=one_device_mesh())
+    assert result["bn_recalibration_batches"] == looped["bn_recalibration_batches"] == 4
+    assert result["top1_error"] == pytest.approx(100 * (1 - looped["top1"]), abs=100 / 360)
 
 
 def test_sweep_refuses_a_config_without_residual_scales(capsys, tmp_path):

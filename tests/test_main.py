@@ -82,6 +82,7 @@ def _set(config, dotted, value):
         ("image_size", 64, "config field image_size must be an int >= 75"),
         ("optimizer", "adam", "config field optimizer must be one of"),
         ("num_epochs", 0.0, "config field num_epochs must be > 0"),
+        ("bn_recalibration_batches", -1, "config field bn_recalibration_batches must be an int >= 0"),
     ],
 )
 def test_invalid_config_names_the_field(field, value, message):

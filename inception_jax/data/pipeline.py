@@ -120,12 +120,14 @@ def make_iterator(
     process_index: int | None = None,
     process_count: int | None = None,
     num_crops: int = 1,
+    augment: bool = True,
 ) -> BatchIterator:
     """This host's share (global_batch_size // process_count examples) of every global batch.
 
     Yields {"image": float32 [B, S, S, 3] in [-1, 1], "label": int32 [B]}.
     train=True: infinite, a new permutation each epoch, augmented; batch s is a pure function of (seed, s), and
     start_step=k starts with the batch an uninterrupted iterator yields (k+1)-th.
+    train=True, augment=False: the same batches with the evaluation's preprocessing (BatchNorm recalibration).
     train=False: one pass over the split in order, no augmentation; the last batch is padded, and "mask" (float32,
     1 = real example) marks the padding. num_crops 12 or 144 gives images of shape [B, num_crops, S, S, 3].
     """
@@ -174,10 +176,12 @@ def make_iterator(
 
     def example(value, label, mask, position):
         image, label = source.decode_tf(value, label, image_size)
-        if train:
+        if train and augment:
             image = preprocess_tf(image, image_size, train=True, mode=mode, seed=tf.stack([seed_tensor, position]),
                                   random_flip=bool(dataset_config.random_flip))
             return {"image": image, "label": label}
+        if train:
+            return {"image": preprocess_tf(image, image_size, train=False, mode=mode), "label": label}
         if num_crops > 1:
             image = multi_crop_views_tf(image, image_size, num_crops)
         else:

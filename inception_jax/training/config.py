@@ -74,6 +74,10 @@ def default_config() -> ml_collections.ConfigDict:
     c.aux_loss_weight = 0.4
     c.ema_decay = 0.9999  # of weights and BN statistics, TF's warm-up min(decay, (1+t)/(10+t)); 0 = off
     c.eval_with_ema = True
+    # > 0: before each evaluation, every BatchNorm layer's statistics recomputed as the exact mean over this many
+    # training batches (eval preprocessing, the evaluated weights frozen; training.bn_recalibration), for that
+    # evaluation only. 0: the moving averages, as the paper's recipe evaluates; its long runs leave them little lag.
+    c.bn_recalibration_batches = 0
 
     # "global": BN statistics over the whole global batch (a step is the same on any device count).
     # "per_device": each device's rows normalised on their own, as TF's replicas did; no BN collectives.
@@ -163,6 +167,9 @@ def validate(
     need(config.aux_loss_weight >= 0, "aux_loss_weight", "must be >= 0")
     need(0 <= config.ema_decay < 1, "ema_decay", "must be in [0, 1) (0 = no moving average)")
     need(config.bn_statistics in BN_STATISTICS, "bn_statistics", f"must be one of {BN_STATISTICS}")
+    recalibration = config.get("bn_recalibration_batches", 0)  # absent from configs saved before it existed
+    need(isinstance(recalibration, int) and recalibration >= 0,
+         "bn_recalibration_batches", "must be an int >= 0 (0 = evaluate with the moving averages)")
     need(config.fsdp_min_size >= 0, "fsdp_min_size", "must be >= 0")
     need(config.log_every_steps > 0, "log_every_steps", "must be > 0")
     need(config.eval_every_steps >= 0, "eval_every_steps", "must be >= 0 (0 = at the end only)")
@@ -179,7 +186,7 @@ def validate(
     except Exception as error:  # the data package's own errors name the problem; say which field led there
         raise ValueError(f"config field dataset.name ({config.dataset.name!r}): {error}") from error
     train_examples = info.num_examples.get(info.train_split, 0)
-    if config.mode != "evaluate":
+    if config.mode != "evaluate" or recalibration:
         need(train_examples >= config.batch_size, "batch_size",
              f"must be at most the {train_examples} examples of {info.name}:{info.train_split}")
     return info

@@ -18,9 +18,9 @@ from absl import logging
 from jax.sharding import Mesh
 
 from inception_jax import data
+from inception_jax.training import bn_recalibration, optim, sharding, steps
 from inception_jax.training import config as config_lib
 from inception_jax.training import metrics as metrics_lib
-from inception_jax.training import optim, sharding, steps
 from inception_jax.training.checkpoints import Checkpointer, saved_steps
 from inception_jax.training.state import TrainState, create_model, create_train_state
 
@@ -59,6 +59,10 @@ class Experiment:
         variables_shardings = {"params": self.state_shardings.params, "batch_stats": self.state_shardings.batch_stats}
         self.eval_step = jax.jit(steps.make_eval_step(self.model), in_shardings=(variables_shardings, data_sharding),
                                  out_shardings=replicated)
+        bn_shardings = self.state_shardings.batch_stats
+        self.statistics_step = jax.jit(bn_recalibration.make_statistics_step(self.model),
+                                       in_shardings=(variables_shardings, data_sharding, bn_shardings),
+                                       out_shardings=bn_shardings)
 
 
 class NonFiniteError(RuntimeError):
@@ -100,8 +104,23 @@ def _write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
             f.write(config.to_json_best_effort(indent=2, sort_keys=True))
 
 
+def recalibrate_batchnorm(experiment: Experiment, config: ml_collections.ConfigDict, variables: dict) -> dict:
+    """`variables` with BatchNorm statistics recomputed over `config.bn_recalibration_batches` global training
+    batches (the training order from step 0, the evaluation's preprocessing); `variables` itself is not changed."""
+    batches = data.make_iterator(config.dataset, split=experiment.info.train_split, image_size=config.image_size,
+                                 global_batch_size=config.batch_size, train=True, augment=False, seed=config.seed)
+    on_mesh = (sharding.global_batch(batch, experiment.mesh) for batch in batches)
+    return bn_recalibration.recalibrate(experiment.statistics_step, variables, on_mesh,
+                                        config.bn_recalibration_batches)
+
+
 def evaluate_variables(experiment: Experiment, config: ml_collections.ConfigDict, variables: dict) -> dict[str, float]:
-    """top1, top5 (fractions) and mean loss over the whole eval split; padded examples do not count."""
+    """top1, top5 (fractions) and mean loss over the whole eval split; padded examples do not count. With
+    `bn_recalibration_batches` > 0 the BatchNorm statistics are recalibrated first, for this evaluation only; the
+    result's `bn_recalibration_batches` says how many batches that took (0: the stored statistics)."""
+    recalibration = config.get("bn_recalibration_batches", 0)  # absent from configs saved before it existed
+    if recalibration:
+        variables = recalibrate_batchnorm(experiment, config, variables)
     batches = data.make_iterator(config.dataset, split=experiment.info.eval_split, image_size=config.image_size,
                                  global_batch_size=config_lib.eval_batch_size(config), train=False, seed=config.seed)
     totals = {"loss": 0.0, "top1": 0.0, "top5": 0.0, "count": 0.0}
@@ -112,7 +131,14 @@ def evaluate_variables(experiment: Experiment, config: ml_collections.ConfigDict
     count = totals.pop("count")
     if count == 0:
         raise ValueError(f"the eval split {experiment.info.eval_split!r} of {experiment.info.name} is empty")
-    return {**{k: v / count for k, v in totals.items()}, "num_examples": count}
+    return {**{k: v / count for k, v in totals.items()}, "num_examples": count,
+            "bn_recalibration_batches": int(recalibration)}
+
+
+def statistics_note(results: dict) -> str:
+    """', BN statistics recalibrated over N batches' when an evaluation's result says so, else ''."""
+    batches = results.get("bn_recalibration_batches", 0)
+    return f", BN statistics recalibrated over {batches} batches" if batches else ""
 
 
 class _Preemption:
@@ -197,9 +223,9 @@ def train_and_evaluate(
         results["seconds"] = time.perf_counter() - t0
         writer.write(step, "eval", results)
         bar.clear()
-        logging.info("eval at step %d: top-1 %.2f%%  top-5 %.2f%%  loss %.4f  (%d examples, %.1f s)", step,
+        logging.info("eval at step %d: top-1 %.2f%%  top-5 %.2f%%  loss %.4f  (%d examples, %.1f s%s)", step,
                      100 * results["top1"], 100 * results["top5"], results["loss"], results["num_examples"],
-                     results["seconds"])
+                     results["seconds"], statistics_note(results))
         summary.update({f"eval_{k}": v for k, v in results.items()})
         return results
 
@@ -321,5 +347,6 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, *, mesh: Mesh | No
     writer = metrics_lib.MetricWriter(workdir)
     writer.write(step, "eval", results)
     writer.close()
-    logging.info("step %d: top-1 %.2f%%  top-5 %.2f%%", step, 100 * results["top1"], 100 * results["top5"])
+    logging.info("step %d: top-1 %.2f%%  top-5 %.2f%%%s", step, 100 * results["top1"], 100 * results["top5"],
+                 statistics_note(results))
     return results
