@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jax
+import numpy as np
 import pytest
 from helpers import ROOT, TINY_CONFIG, env_with_devices, load_script, one_device_mesh
 
@@ -123,3 +125,21 @@ def test_pure_vs_residual_table_and_plots(tmp_path):
     assert "| 2 | 40.00 / 5.00 | 20.00 / 1.00 |" in markdown
     assert "inception_v4 vs inception_resnet_v2: not run yet" in markdown
     assert (tmp_path / "inception_v3_vs_inception_resnet_v1.png").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_bn_statistics_script_compares_the_three_kinds_of_statistics(trained_run, tmp_path, capsys):
+    """experiments/bn_statistics.py on the session's trained run: with the EMA weights and their stored statistics
+    it reproduces the run's own final evaluation; every BatchNorm layer gets a row; the batch-statistics evaluation
+    counts the whole test split (360 = 9 full batches of 40)."""
+    out = tmp_path / "bn.json"
+    load_script("bn_statistics").main(["--workdir", str(trained_run.workdir), "--batches", "3", "--out", str(out)])
+    print(capsys.readouterr().out)
+    result = json.loads(out.read_text())
+    final = trained_run.final_eval()
+    assert result["step"] == 6 and result["recalibration_batches"] == 3
+    assert result["errors"]["ema"]["stored"]["top1_error"] == pytest.approx(100 * (1 - final["top1"]))
+    assert result["errors"]["ema"]["batch"]["num_examples"] == 360
+    layers = len(jax.tree.leaves(trained_run.state(6).batch_stats)) // 2
+    assert [len(result["layers"][w]) for w in ("raw", "ema")] == [layers, layers]
+    assert all(np.isfinite(r["max_abs_log_var_ratio"]) for r in result["layers"]["raw"])
