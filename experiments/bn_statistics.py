@@ -6,7 +6,7 @@ ones (variance ratio, mean shift in standard deviations).
     python experiments/bn_statistics.py --workdir runs/pvr_small/inception_v3 --step 176 --batches 30 \
         --out experiments/results/bn_statistics/inception_v3_step176.json
 
-Prints a table and writes the JSON (every layer's figures in network order).
+Prints a table and writes the JSON (every layer's figures, in the order the network calls the layers).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -24,6 +25,7 @@ import numpy as np
 
 from inception_jax import cpu_settings, data
 from inception_jax.accuracy import topk_counts
+from inception_jax.models.layers import BatchNorm
 from inception_jax.training import checkpoints, loop, sharding
 from inception_jax.training.metrics import read_jsonl
 
@@ -69,18 +71,34 @@ def evaluate_with_batch_statistics(experiment: loop.Experiment, config: ml_colle
     return {**{k: v / count for k, v in totals.items()}, "num_examples": count}
 
 
-def layers_in_order(tree: dict, prefix: str = "") -> list[tuple[str, dict]]:
-    """[(path, {'mean', 'var'})] of a batch_stats tree, in the network's order (the order the layers were built)."""
-    if "mean" in tree and "var" in tree:
-        return [(prefix, tree)]
-    return [item for key, sub in tree.items() for item in layers_in_order(sub, f"{prefix}/{key}" if prefix else key)]
+def batchnorm_call_order(model: nn.Module, variables: dict, image_size: int) -> list[str]:
+    """The paths ('Mixed_5b/branch1_0/bn') of the BatchNorm layers an evaluation-mode pass calls, in the order it
+    calls them (traced, nothing computed; the aux head, off that path, is not among them)."""
+    order = []
+
+    def record(next_fun: Any, args: Any, kwargs: Any, context: Any) -> Any:
+        if isinstance(context.module, BatchNorm) and context.method_name == "__call__":
+            order.append("/".join(context.module.scope.path))
+        return next_fun(*args, **kwargs)
+
+    images = jax.ShapeDtypeStruct((1, image_size, image_size, 3), jnp.float32)
+    with nn.intercept_methods(record):
+        jax.eval_shape(lambda v, x: model.apply(v, x, train=False), variables, images)
+    return order
 
 
-def compare_statistics(stored: dict, recalibrated: dict) -> list[dict[str, Any]]:
-    """Per layer: median and largest |log(stored var / recalibrated var)| over channels, and the largest mean shift
-    |stored mean - recalibrated mean| / recalibrated standard deviation."""
+def layer(tree: dict, path: str) -> dict:
+    for key in path.split("/"):
+        tree = tree[key]
+    return tree
+
+
+def compare_statistics(stored: dict, recalibrated: dict, order: list[str]) -> list[dict[str, Any]]:
+    """Per layer, in `order`: median and largest |log(stored var / recalibrated var)| over channels, and the largest
+    mean shift |stored mean - recalibrated mean| / recalibrated standard deviation."""
     rows = []
-    for (path, s), (_, r) in zip(layers_in_order(stored), layers_in_order(recalibrated), strict=True):
+    for path in order:
+        s, r = layer(stored, path), layer(recalibrated, path)
         var_s, var_r = np.asarray(s["var"], np.float64), np.asarray(r["var"], np.float64)
         log_ratio = np.log((var_s + 1e-12) / (var_r + 1e-12))
         shift = np.abs(np.asarray(s["mean"]) - np.asarray(r["mean"])) / np.sqrt(var_r + 1e-3)
@@ -90,12 +108,29 @@ def compare_statistics(stored: dict, recalibrated: dict) -> list[dict[str, Any]]
     return rows
 
 
+def recalibrated_up_to(experiment: loop.Experiment, config: ml_collections.ConfigDict, variables: dict,
+                       recalibrated: dict, order: list[str]) -> list[dict[str, Any]]:
+    """Top-1 error with the first k blocks' statistics recalibrated and the rest stored, for k = 0 .. all blocks in
+    the network's order: where along the depth the stored statistics lose the accuracy (one bad block, or a loss
+    compounding block after block)."""
+    blocks = list(dict.fromkeys(path.split("/")[0] for path in order))
+    rows = []
+    for k in range(len(blocks) + 1):
+        mixed = {**variables["batch_stats"], **{name: recalibrated["batch_stats"][name] for name in blocks[:k]}}
+        result = loop.evaluate_variables(experiment, config, {**variables, "batch_stats": mixed})
+        rows.append({"recalibrated_through": blocks[k - 1] if k else None, "top1_error": 100 * (1 - result["top1"]),
+                     "loss": result["loss"]})
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", type=Path, required=True, help="a training workdir")
     parser.add_argument("--step", type=int, help="checkpoint step (default: the latest)")
     parser.add_argument("--batches", type=int, default=30, help="training batches for the recalibration")
     parser.add_argument("--batch", type=int, default=40, help="test batch size for the batch-statistics evaluation")
+    parser.add_argument("--by-block", action="store_true",
+                        help="also evaluate with the first k blocks recalibrated, the rest stored, for every k")
     parser.add_argument("--out", type=Path, help="result JSON")
     args = parser.parse_args(argv)
     if not (args.workdir / "config.json").is_file():
@@ -107,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     result: dict[str, Any] = {"workdir": str(args.workdir), "model": config.model.name, "step": step,
                               "recalibration_batches": args.batches, "bn_momentum": config.model.bn_momentum,
                               "train_accuracy": train[-1]["accuracy"] if train else None, "errors": {}, "layers": {}}
+    order = batchnorm_call_order(experiment.model, state.variables(), config.image_size)
     for weights in ("raw", "ema"):
         variables = state.variables(ema=weights == "ema")
         config.bn_recalibration_batches = args.batches
@@ -119,8 +155,11 @@ def main(argv: list[str] | None = None) -> int:
                                             "loss": r["loss"], "num_examples": r["num_examples"]}
                                      for name, r in (("stored", stored), ("recalibrated", recalibrated),
                                                      ("batch", batch_stats))}  # fmt: skip
+        if args.by_block:
+            result.setdefault("by_block", {})[weights] = recalibrated_up_to(experiment, config, variables,
+                                                                             recalibrated_variables, order)
         result["layers"][weights] = compare_statistics(jax.device_get(variables["batch_stats"]),
-                                                       jax.device_get(recalibrated_variables["batch_stats"]))
+                                                       jax.device_get(recalibrated_variables["batch_stats"]), order)
     print(f"{config.model.name} step {step} (train accuracy {result['train_accuracy']}), top-1 error % by the "
           f"statistics BatchNorm uses at evaluation:")
     print("| weights | stored moving averages | recalibrated over "
@@ -133,6 +172,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{weights}: {len(rows)} layers; largest |log(stored var / recalibrated var)| "
               f"{worst['max_abs_log_var_ratio']:.2f} ({worst['layer']}); median over layers of each layer's median "
               f"log ratio {np.median([r['median_log_var_ratio'] for r in rows]):.2f}")
+    for weights, rows in result.get("by_block", {}).items():
+        print(f"{weights}, top-1 error % with the blocks up to and including X recalibrated, the rest stored: "
+              + ", ".join(f"{r['recalibrated_through'] or 'none'} {r['top1_error']:.1f}" for r in rows))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=1) + "\n")

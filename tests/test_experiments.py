@@ -130,16 +130,25 @@ def test_pure_vs_residual_table_and_plots(tmp_path):
 @pytest.mark.slow
 def test_bn_statistics_script_compares_the_three_kinds_of_statistics(trained_run, tmp_path, capsys):
     """experiments/bn_statistics.py on the session's trained run: with the EMA weights and their stored statistics
-    it reproduces the run's own final evaluation; every BatchNorm layer gets a row; the batch-statistics evaluation
-    counts the whole test split (360 = 9 full batches of 40)."""
+    it reproduces the run's own final evaluation; every BatchNorm layer on the evaluation's path gets a row, in the
+    network's order; the batch-statistics evaluation counts the whole test split (360 = 9 full batches of 40)."""
     out = tmp_path / "bn.json"
-    load_script("bn_statistics").main(["--workdir", str(trained_run.workdir), "--batches", "3", "--out", str(out)])
+    load_script("bn_statistics").main(["--workdir", str(trained_run.workdir), "--batches", "3", "--by-block",
+                                       "--out", str(out)])
     print(capsys.readouterr().out)
     result = json.loads(out.read_text())
     final = trained_run.final_eval()
     assert result["step"] == 6 and result["recalibration_batches"] == 3
     assert result["errors"]["ema"]["stored"]["top1_error"] == pytest.approx(100 * (1 - final["top1"]))
     assert result["errors"]["ema"]["batch"]["num_examples"] == 360
-    layers = len(jax.tree.leaves(trained_run.state(6).batch_stats)) // 2
-    assert [len(result["layers"][w]) for w in ("raw", "ema")] == [layers, layers]
+    batch_stats = trained_run.state(6).batch_stats
+    layers = (len(jax.tree.leaves(batch_stats)) - len(jax.tree.leaves(batch_stats["AuxLogits"]))) // 2
+    assert [len(result["layers"][w]) for w in ("raw", "ema")] == [layers, layers]  # all but the aux head's
+    assert result["layers"]["raw"][0]["layer"].startswith("Stem/")
     assert all(np.isfinite(r["max_abs_log_var_ratio"]) for r in result["layers"]["raw"])
+    # From no block recalibrated (the stored statistics) to all of them (the recalibrated evaluation).
+    for weights in ("raw", "ema"):
+        rows, errors = result["by_block"][weights], result["errors"][weights]
+        assert rows[0]["recalibrated_through"] is None and rows[1]["recalibrated_through"] == "Stem"
+        assert rows[0]["top1_error"] == pytest.approx(errors["stored"]["top1_error"])
+        assert rows[-1]["top1_error"] == pytest.approx(errors["recalibrated"]["top1_error"])
