@@ -48,13 +48,13 @@ def report_failures(failed: list[Path], total: int) -> int:
 
 
 def read_run(workdir: Path) -> dict:
-    """A run's curves and its failure signature from `metrics.jsonl`.
+    """A run's curves and its failure signature from `workdir/metrics.jsonl` (or from `workdir` if it is that file).
 
     Returns train/eval records (later records of a step win, as a resumed run appends), final and best eval
     top-1/top-5 (%), the first step with a non-finite loss (divergence), the first step whose `dead_fraction`
     reaches DEAD_THRESHOLD (death), the last dead fraction, and steps per epoch.
     """
-    path = Path(workdir) / "metrics.jsonl"
+    path = Path(workdir) if Path(workdir).is_file() else Path(workdir) / "metrics.jsonl"  # or a copied metrics file
     if not path.exists():
         return {"workdir": str(workdir), "missing": True}
     by_key: dict[tuple[str, int], dict] = {}

@@ -11,8 +11,10 @@ import pytest
 from helpers import ROOT, TINY_CONFIG, env_with_devices, load_script, one_device_mesh
 
 from inception_jax import launch as runs
+from inception_jax.data import default_dataset_config
 from inception_jax.training import loop
 
+FASHION_MNIST_DIR = default_dataset_config().fashion_mnist_dir
 pure_vs_residual = load_script("pure_vs_residual")
 residual_scale_sweep = load_script("residual_scale_sweep")
 
@@ -103,7 +105,8 @@ def test_sweep_rejects_bad_scales(scales, tmp_path):
 
 def write_run(workdir: Path, evals: list[tuple[int, float, float]], dead: list[float], losses: list[float]):
     workdir.mkdir(parents=True)
-    records = [{"step": i + 1, "split": "train", "epoch": (i + 1) / 10, "loss": loss, "dead_fraction": d}
+    records = [{"step": i + 1, "split": "train", "epoch": (i + 1) / 10, "loss": loss, "dead_fraction": d,
+                "accuracy": 0.5}
                for i, (d, loss) in enumerate(zip(dead, losses, strict=True))]  # fmt: skip
     records += [{"step": s, "split": "eval", "top1": t1, "top5": t5} for s, t1, t5 in evals]
     (workdir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
@@ -125,6 +128,47 @@ def test_pure_vs_residual_table_and_plots(tmp_path):
     assert "| 2 | 40.00 / 5.00 | 20.00 / 1.00 |" in markdown
     assert "inception_v4 vs inception_resnet_v2: not run yet" in markdown
     assert (tmp_path / "inception_v3_vs_inception_resnet_v1.png").stat().st_size > 0
+    # The measured claim: v3 ends at 40% top-1 error, first reached at step 20; IR-v1 is at 30% by step 10.
+    assert "final top-1 test error (40.00%) at step 10, against step 20: **ratio 0.50**" in markdown
+
+
+def test_speedup_ratio_when_the_residual_network_never_gets_there(tmp_path):
+    write_run(tmp_path / "inception_v4", [(10, 0.5, 0.9), (20, 0.8, 0.95), (30, 0.7, 0.95)], [0.1] * 3, [1.0] * 3)
+    write_run(tmp_path / "inception_resnet_v2", [(10, 0.6, 0.9), (20, 0.65, 0.99), (30, 0.69, 0.99)], [0.1] * 3,
+              [1.0] * 3)
+    pure, residual = (runs.read_run(tmp_path / name) for name in ("inception_v4", "inception_resnet_v2"))
+    claim = pure_vs_residual.speedup_ratio(pure, residual)
+    assert claim["target_top1_error"] == pytest.approx(30.0) and claim["pure_steps"] == 20  # 20% error at 20 counts
+    assert claim["residual_steps"] is None and claim["ratio"] is None
+    assert "never reached Inception-v4's final top-1 test error (30.00%" in pure_vs_residual.summarize(tmp_path, ["v4"])
+
+
+def test_rerun_skips_finished_networks_and_resumes_the_others(tmp_path, monkeypatch, capsys):
+    """inception_v3 finished (summary.json at its last step), inception_resnet_v1 preempted with a checkpoint: a
+    rerun launches main only for the second, in its own workdir (where main resumes from the checkpoint), and keeps
+    the results of each finished one."""
+    for name, summary in (("inception_v3", {"step": 40, "total_steps": 40, "preempted": False}),
+                          ("inception_resnet_v1", {"step": 17, "total_steps": 40, "preempted": True})):
+        write_run(tmp_path / name, [(10, 0.5, 0.9)], [0.1], [1.0])
+        (tmp_path / name / "summary.json").write_text(json.dumps(summary))
+        (tmp_path / name / "checkpoints" / str(summary["step"])).mkdir(parents=True)
+    launched, kept = [], []
+
+    def fake_launch(commands, dry_run, log_dir):
+        launched.extend(commands)
+        (tmp_path / "inception_resnet_v1" / "summary.json").write_text(
+            json.dumps({"step": 40, "total_steps": 40, "preempted": False}))  # as the resumed run would
+        return []
+
+    monkeypatch.setattr(pure_vs_residual, "launch", fake_launch)
+    monkeypatch.setattr(pure_vs_residual, "keep_results", lambda workdir, results: kept.append(workdir.name) or [])
+    code = pure_vs_residual.main(["--config", str(ROOT / "configs" / "fashion_mnist_pure_vs_residual.py"),
+                                  "--workdir", str(tmp_path), "--pairs", "v3", "--results", str(tmp_path / "kept")])
+    assert code == 0
+    assert len(launched) == 1 and f"--workdir={tmp_path / 'inception_resnet_v1'}" in launched[0]
+    assert "--config.model.name=inception_resnet_v1" in launched[0]
+    assert "inception_v3: finished" in capsys.readouterr().out
+    assert kept == ["inception_v3", "inception_resnet_v1"]
 
 
 @pytest.mark.slow
@@ -152,3 +196,27 @@ def test_bn_statistics_script_compares_the_three_kinds_of_statistics(trained_run
         assert rows[0]["recalibrated_through"] is None and rows[1]["recalibrated_through"] == "Stem"
         assert rows[0]["top1_error"] == pytest.approx(errors["stored"]["top1_error"])
         assert rows[-1]["top1_error"] == pytest.approx(errors["recalibrated"]["top1_error"])
+
+
+@pytest.mark.slow
+@pytest.mark.subprocess
+@pytest.mark.skipif(not Path(FASHION_MNIST_DIR).is_dir(), reason="Debian's dataset-fashion-mnist is not installed")
+def test_pure_vs_residual_smoke_run_on_fashion_mnist(tmp_path):
+    """The Fashion-MNIST experiment's command for two steps of one network (Inception-ResNet-v1, the quickest to
+    compile): it trains, evaluates the finished run into --results, summarises, and a rerun skips it."""
+    config = ROOT / "configs" / "fashion_mnist_pure_vs_residual.py"
+    command = [sys.executable, str(ROOT / "experiments" / "pure_vs_residual.py"), "--config", str(config),
+               "--workdir", str(tmp_path / "w"), "--pairs", "v3", "--networks", "inception_resnet_v1",
+               "--results", str(tmp_path / "results"), "--config.num_train_steps=2", "--config.eval_every_steps=2",
+               "--config.log_every_steps=1", "--config.bn_recalibration_batches=2"]  # fmt: skip
+    first = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env=env_with_devices(None))
+    assert first.returncode == 0, first.stderr[-3000:] + first.stdout[-3000:]
+    result = json.loads((tmp_path / "results" / "inception_resnet_v1.eval_1crop.json").read_text())
+    assert result["num_examples"] == 10_000 and result["dataset"] == "fashion_mnist"
+    assert result["bn_recalibration_batches"] == 2 and result["steps"] == [2]
+    run = runs.read_run(tmp_path / "results" / "inception_resnet_v1.metrics.jsonl")
+    assert [r["step"] for r in run["train"]] == [1, 2] and run["eval"][-1]["bn_recalibration_batches"] == 2
+    assert result["top1_error"] == pytest.approx(100 - run["final_top1"])
+    assert "inception_v3 vs inception_resnet_v1: not run yet" in first.stdout
+    second = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env=env_with_devices(None))
+    assert second.returncode == 0 and "inception_resnet_v1: finished" in second.stdout, second.stderr[-3000:]
