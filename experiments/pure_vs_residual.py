@@ -105,7 +105,7 @@ def summarize(root: Path, pairs: list[str]) -> str:
             continue
         png = root / f"{names[0]}_vs_{names[1]}.png"
         plot_pair(*runs, names, png)
-        epochs = sorted({round(e, 2) for e in error_curve(runs[0], "top1")[0]})
+        epochs = sorted(set(error_curve(runs[0], "top1")[0]))  # the pure network's evaluations
         lines.append(f"### {TITLES[names[0]]} vs {TITLES[names[1]]} ({png.name})\n")
         claim = speedup_ratio(*runs)
         if claim["ratio"] is not None:
@@ -120,7 +120,7 @@ def summarize(root: Path, pairs: list[str]) -> str:
         lines.append("|---|---|---|")
         for epoch in epochs:
             cells = [f"{fmt(error_at(r, 'top1', epoch))} / {fmt(error_at(r, 'top5', epoch))}" for r in runs]
-            lines.append(f"| {epoch:g} | " + " | ".join(cells) + " |")
+            lines.append(f"| {epoch:.3g} | " + " | ".join(cells) + " |")
         lines.append("")
     evaluated = sorted(root.glob("*.eval_1crop.json"))
     if evaluated:  # the paper's Table 2 beside ours, the data set named
