@@ -113,7 +113,9 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory) -> TrainedRun:
     trains it under a file lock, the others wait and read it."""
     from inception_jax.training import loop
 
-    shared = tmp_path_factory.getbasetemp().parent  # the same for every xdist worker of this session
+    base = tmp_path_factory.getbasetemp()
+    # Under xdist each worker's base is a directory of the session's own; alone, the base is the session's.
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
     workdir = shared / "trained_run"
     with open(shared / "trained_run.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
