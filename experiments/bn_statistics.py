@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 
 from inception_jax import cpu_settings, data
 from inception_jax.accuracy import topk_counts
@@ -55,7 +56,7 @@ def evaluate_with_batch_statistics(experiment: loop.Experiment, config: ml_colle
     def step(variables: dict, batch: dict) -> dict:
         logits, _ = model.apply(variables, batch["image"], train=True, mutable=["batch_stats"])
         logits = logits.astype(jnp.float32)
-        loss = -jnp.take_along_axis(jax.nn.log_softmax(logits), batch["label"][:, None], axis=1)[:, 0]
+        loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
         return {"loss": jnp.sum(loss), **topk_counts(logits, batch["label"], batch["mask"])}
 
     totals = {"loss": 0.0, "top1": 0.0, "top5": 0.0, "count": 0.0}
@@ -88,6 +89,7 @@ def batchnorm_call_order(model: nn.Module, variables: dict, image_size: int) -> 
 
 
 def layer(tree: dict, path: str) -> dict:
+    """The {'mean', 'var'} of the layer at `path` ('Mixed_5b/branch1_0/bn') in a batch_stats tree."""
     for key in path.split("/"):
         tree = tree[key]
     return tree
