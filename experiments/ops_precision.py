@@ -15,6 +15,7 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
+from timm_reference import random_timm_model
 
 from inception_jax import cpu_settings, weights
 
@@ -38,7 +39,7 @@ def main(argv: list[str]) -> int:
 
     x = np.random.default_rng(0).uniform(-1, 1, (args.batch, args.size, args.size, 3)).astype(np.float32)
     for name in names:
-        reference_model = weights.random_timm_model(name)
+        reference_model = random_timm_model(name)
         with torch.no_grad():
             timm_logits = reference_model(torch.from_numpy(x.transpose(0, 3, 1, 2))).numpy()
         state = {k: v.detach().numpy().copy() for k, v in reference_model.state_dict().items()}

@@ -65,6 +65,21 @@ def timm_and_torch():
     return timm, torch
 
 
+@pytest.fixture(scope="session")
+def keras_module():
+    """Keras 3 (TensorFlow's dependency) on the backend KERAS_BACKEND names, TensorFlow by default: an
+    implementation independent of XLA and of ours."""
+    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    try:
+        import keras
+    except ImportError as error:
+        message = f"Keras not importable ({error}); it comes with tensorflow: pip install -e ."
+        if os.environ.get("INCEPTION_JAX_REQUIRE_PARITY") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    return keras
+
+
 @dataclass(frozen=True)
 class TrainedRun:
     """A finished run of tests/tiny_config.py: `TRAINED_STEPS` steps on one device in train_and_evaluate mode,

@@ -35,14 +35,19 @@ def ours_line(printed: str, impl: str = "ours") -> str:
 
 def test_table_gives_ratio_to_the_best_timm_mode():
     table = format_table([result("ours", 6.0), result("timm", 4.0), result("timm-channels_last", 5.0)])
-    assert ours_line(table).rstrip().endswith("| 1.20x |")
+    assert ours_line(table).rstrip().endswith("| 1.20x |  |")
+
+
+def test_table_gives_ratio_to_the_best_keras_mode():
+    table = format_table([result("ours", 6.0), result("keras", 4.0), result("keras-stateless", 5.0)])
+    assert ours_line(table).rstrip().endswith("|  | 1.20x |")
 
 
 def test_table_names_each_ops_implementation():
     rows = [result("ours", 6.0, ops="reference"), result("ours", 4.0, ops="cpu"), result("timm", 5.0)]
     table = format_table(summarise(rows))
-    assert ours_line(table, "ours[reference]").rstrip().endswith("| 1.20x |")
-    assert ours_line(table, "ours[cpu]").rstrip().endswith("| 0.80x |")
+    assert ours_line(table, "ours[reference]").rstrip().endswith("| 1.20x |  |")
+    assert ours_line(table, "ours[cpu]").rstrip().endswith("| 0.80x |  |")
 
 
 @pytest.mark.slow
@@ -61,6 +66,45 @@ def test_benchmark_runs_ours_and_timm_in_separate_processes(timm_and_torch, tmp_
     # i.e. ~0.35 GFLOP (the CPU kernels' Winograd convolutions would count fewer).
     assert 0.2e9 < ours["flops_per_image"] < 0.6e9
     assert "| ours | inception_v3 | infer | 2 | 75 |" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+@pytest.mark.subprocess
+@pytest.mark.parity
+def test_benchmark_runs_ours_and_keras_on_jax_in_separate_processes(keras_module, tmp_path, capsys):
+    out = tmp_path / "bench.jsonl"
+    for mode in ("infer", "train"):
+        argv = ["--model", "inception_v3", "--batch", "2", "--image-size", "75", "--mode", mode, "--vs-keras",
+                "--warmup", "1", "--repeats", "2", "--json", str(out)]  # fmt: skip
+        assert cli.main(argv) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [(r["impl"], r["mode"]) for r in rows] == [
+        (impl, mode) for mode in ("infer", "train") for impl in ("ours", "keras", "keras-stateless")]  # fmt: skip
+    assert all(r["images_per_s"] > 0 and r["compile_s"] > 0 for r in rows)
+    printed = capsys.readouterr().out
+    assert re.search(r"\| ours \| inception_v3 \| train \| 2 \| 75 \|.*\|  \| [0-9.]+x \|$", printed, re.MULTILINE)
+
+
+def test_keras_runs_on_jax_without_our_settings(monkeypatch):
+    seen = {}
+
+    def fake_run(command, env, **kwargs):
+        seen["command"], seen["env"] = command, env
+        return subprocess.CompletedProcess(command, 0, json.dumps(dataclasses.asdict(result("keras", 1.0))))
+
+    monkeypatch.setattr(cli.subprocess, "run", fake_run)
+    ours_xla = cpu_settings.xla_flags("--xla_force_host_platform_device_count=1")
+    monkeypatch.setenv("XLA_FLAGS", ours_xla)
+    cli.run_isolated({"impl": "keras-stateless"})
+    assert seen["env"]["KERAS_BACKEND"] == "jax"
+    assert seen["env"]["XLA_FLAGS"] == "--xla_force_host_platform_device_count=1"  # the user's flag stays
+    assert seen["command"][-1] == cpu_settings.OFF_FLAG
+
+
+def test_vs_keras_needs_a_network_keras_has(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["--model", "inception_v4", "--vs-keras"])
+    assert "Keras has no inception_v4" in capsys.readouterr().err
 
 
 def test_bad_arguments_are_refused():
@@ -120,8 +164,8 @@ def test_one_ours_row_per_ops_implementation(monkeypatch, tmp_path, capsys):
         ("ours", "reference", "mine"), ("ours", "cpu", "mine"), ("timm", "auto", "mine"),
         ("timm-channels_last", "auto", "mine")]  # fmt: skip
     printed = capsys.readouterr().out
-    assert ours_line(printed, "ours[reference]").rstrip().endswith("| 1.20x |")
-    assert ours_line(printed, "ours[cpu]").rstrip().endswith("| 1.50x |")
+    assert ours_line(printed, "ours[reference]").rstrip().endswith("| 1.20x |  |")
+    assert ours_line(printed, "ours[cpu]").rstrip().endswith("| 1.50x |  |")
 
 
 def test_largest_fitting_finds_the_boundary():
@@ -252,7 +296,7 @@ def test_rounds_alternate_the_processes_and_report_medians(monkeypatch, tmp_path
     printed = capsys.readouterr().out
     ours = ours_line(printed)
     # Median 1100 ms against timm channels_last's 1200 ms; peak memory the largest of ours' three processes (7).
-    assert "| 1100 |" in ours and ours.rstrip().endswith("| 1.09x |") and "| 7.00 |" in ours
+    assert "| 1100 |" in ours and ours.rstrip().endswith("| 1.09x |  |") and "| 7.00 |" in ours
     assert "inception_v4 train b8@299: ours / best timm by round 1.20x, 0.86x, 1.09x" in printed
 
 
@@ -289,7 +333,7 @@ def test_report_reads_runs_saved_before_rounds_were_recorded(tmp_path, capsys):
     printed = capsys.readouterr().out
     # Medians over the two passes: ours 1200 ms, timm 1100 ms; by round 1.20x and 0.71x.
     ours = ours_line(printed)
-    assert "| 1200 |" in ours and ours.rstrip().endswith("| 0.92x |")
+    assert "| 1200 |" in ours and ours.rstrip().endswith("| 0.92x |  |")
     assert "inception_v4 train b8@299: ours / best timm by round 1.20x, 0.71x" in printed
 
 
@@ -379,7 +423,7 @@ def _script_commands(marker: str) -> list[list[str]]:
 
 def test_gpu_script_asks_the_benchmark_for_what_it_accepts():
     # The GPU script runs unattended on a lent machine: its bench command lines must parse (a typo there would cost
-    # the whole device session), with the settings the issue asks for.
+    # the machine's whole loan), with the settings the GPU check needs.
     script = GPU_SCRIPT.read_text()
     assert "set -euo pipefail" in script and 'out="${1:-${OUT:-.}}"' in script
     words = lambda command: ["o" if w.startswith("$") and not w.startswith("${") else w

@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import relative_error
+from helpers import load_script, relative_error
 
 from inception_jax import models, weights
 
@@ -14,7 +14,7 @@ TIMM_NAMES = ["inception_v3", "inception_v4", "inception_resnet_v2"]
 
 def random_timm_model(timm, torch, name, **kwargs):
     """timm's model with random BN statistics and affine parameters (the fixture makes sure timm is there)."""
-    return weights.random_timm_model(name, **kwargs)
+    return load_script("timm_reference").random_timm_model(name, **kwargs)
 
 
 def state_dict_numpy(model):

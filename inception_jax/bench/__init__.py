@@ -4,6 +4,7 @@
     python -m inception_jax.bench --all --vs-timm --json bench.jsonl
     python -m inception_jax.bench --all --vs-timm --rounds 3   # interleaved processes, medians over rounds
     python -m inception_jax.bench --ops reference,cpu ...      # ours with each implementation of the ops
+    python -m inception_jax.bench --model inception_v3 --vs-keras  # beside Keras 3 on the JAX backend
     python -m inception_jax.bench --report FILE [--run NAME]   # tables from saved results, no timing
 
 Reports compile time, steady-state images/s (median of timed runs after warm-up, each ending in
@@ -14,6 +15,8 @@ known or given. Each measurement runs in its own process; with `--rounds` the pr
 A history file (experiments/results/bench_history.jsonl) holds several runs, each row naming its run (`--run`):
 `--report` gives one ratio row per run, `--report FILE --run NAME` that run's table.
 
-Modules: `ours` (our jitted functions), `pytorch` (timm's models in PyTorch), `timing` (clocks, memory, MFU),
-`results` (the rows, tables, ratios and saved files), `__main__` (the command line and its processes).
+Modules: `ours` (our jitted functions), `pytorch` (timm's models in PyTorch), `keras_jax`
+(Keras applications on the JAX backend), `timing` (clocks, memory, MFU),
+`results` (the rows, tables, ratios and saved files), `__main__` (the command line and its processes), and
+`loader` (the input pipeline's throughput beside timm's and torchvision's, `python -m inception_jax.bench.loader`).
 """

@@ -14,6 +14,8 @@ import jax
 
 from inception_jax import cpu_settings, models, ops
 from inception_jax.bench import __doc__ as DOC
+from inception_jax.bench.keras_jax import KERAS_APPLICATIONS, bench_keras
+from inception_jax.bench.keras_jax import VARIANTS as KERAS_VARIANTS
 from inception_jax.bench.ours import bench_ours, largest_fitting, train_step_bytes
 from inception_jax.bench.pytorch import bench_timm
 from inception_jax.bench.results import MATRIX, Result, format_round_ratios, format_table, report, summarise
@@ -26,6 +28,9 @@ def run_job(job: dict) -> Result:
         return bench_ours(job["model"], job["mode"], job["batch"], job["size"], job["dtype"], job["warmup"],
                           job["repeats"], job["peak_flops"], remat=job.get("remat", False),
                           ops=job.get("ops", "auto"))  # fmt: skip
+    if job["impl"].startswith("keras"):
+        return bench_keras(job["model"], job["mode"], job["batch"], job["size"], job["warmup"], job["repeats"],
+                           job["impl"])  # fmt: skip
     return bench_timm(job["model"], job["mode"], job["batch"], job["size"], job["warmup"], job["repeats"],
                       job["channels_last"], job["threads"], amp=job["amp"])  # fmt: skip
 
@@ -35,12 +40,17 @@ def run_isolated(job: dict) -> Result:
     mark affect the other's figures."""
     env = dict(os.environ)
     command = [sys.executable, "-m", "inception_jax.bench", "--worker", json.dumps(job)]
-    if job["impl"] == "timm":
-        # PyTorch runs as its users run it: without our malloc settings (which did not speed it up either).
+    if job["impl"].startswith("keras"):
+        env["KERAS_BACKEND"] = "jax"
+    if job["impl"] != "ours":
+        # PyTorch and Keras run as their users run them: without our XLA flags and malloc settings (which did not
+        # speed PyTorch up either).
         ours = set(cpu_settings.MALLOC_TUNABLES)
         tunables = [t for t in env.pop("GLIBC_TUNABLES", "").split(":") if t and t not in ours]
         if tunables:
             env["GLIBC_TUNABLES"] = ":".join(tunables)
+        ours_xla = {f"{k}={v}" for k, v in cpu_settings.XLA_CPU_FLAGS.items()}
+        env["XLA_FLAGS"] = " ".join(f for f in env.get("XLA_FLAGS", "").split() if f not in ours_xla)
         command.append(cpu_settings.OFF_FLAG)
     out = subprocess.run(command, check=True, stdout=subprocess.PIPE, text=True, env=env)
     return Result(**json.loads(out.stdout.strip().splitlines()[-1]))
@@ -60,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"our ops' implementation(s), comma-separated, each timed as its own 'ours' row: {ops.IMPLEMENTATIONS}",
     )  # fmt: skip
     parser.add_argument("--vs-timm", action="store_true", help="also time timm's model (eager and channels_last)")
+    parser.add_argument("--vs-keras", action="store_true",
+                        help="also time Keras 3's application on the JAX backend (Inception-v3 and Inception-ResNet-v2 "
+                        "only): predict/train_on_batch and a jitted stateless_call")  # fmt: skip
     parser.add_argument("--timm-amp", action="store_true", help="time timm under bfloat16 autocast too")
     parser.add_argument(
         "--all", action="store_true", help="run the matrix: v4 and IR-v2 x (train b8@299, b32@75, infer b8@299)"
@@ -128,6 +141,10 @@ def main(argv: list[str] | None = None) -> int:
         except ImportError:
             parser.error("--vs-timm needs timm and PyTorch: pip install -e '.[parity]'")
 
+    keras_models = [m for m, *_ in (MATRIX if args.all else [(args.model,)]) if m in KERAS_APPLICATIONS]
+    if args.vs_keras and not keras_models:
+        parser.error(f"--vs-keras: Keras has no {args.model}; choose --model from {', '.join(KERAS_APPLICATIONS)}")
+
     if args.max_batch:
         return report_max_batch(args)
     peak = args.peak_tflops * 1e12 if args.peak_tflops else DEVICE_PEAK_FLOPS.get(jax.devices()[0].device_kind)
@@ -142,6 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         job = dict(common, model=name, mode=mode, batch=batch, size=size)
         jobs = [dict(job, impl="ours", ops=impl) for impl in args.ops]
         jobs += [dict(job, impl="timm", **v) for v in timm_variants] * args.vs_timm
+        jobs += [dict(job, impl=v) for v in KERAS_VARIANTS] * (args.vs_keras and name in KERAS_APPLICATIONS)
         for round_ in range(args.rounds):
             # Every other round in reverse, so that a machine that drifts during a setting favours no one.
             for one in jobs if round_ % 2 == 0 else jobs[::-1]:

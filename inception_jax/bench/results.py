@@ -46,11 +46,11 @@ def _setting(r: Result) -> tuple:
     return (r.model, r.mode, r.batch, r.image_size)
 
 
-def _best_timm(results: list[Result], key: Callable[[Result], tuple]) -> dict[tuple, float]:
-    """The fastest timm mode's images/s for each `key`."""
+def _best_timm(results: list[Result], key: Callable[[Result], tuple], reference: str = "timm") -> dict[tuple, float]:
+    """The fastest images/s of the `reference` framework's modes ("timm" or "keras") for each `key`."""
     best: dict[tuple, float] = {}
     for r in results:
-        if r.impl.startswith("timm"):
+        if r.impl.startswith(reference):
             best[key(r)] = max(best.get(key(r), 0.0), r.images_per_s)
     return best
 
@@ -58,21 +58,23 @@ def _best_timm(results: list[Result], key: Callable[[Result], tuple]) -> dict[tu
 def format_table(results: list[Result]) -> str:
     header = (
         "| impl | model | mode | batch | size | dtype | img/s | step ms | compile s | GFLOP/img | TFLOP/s | MFU "
-        "| peak GiB | saved act. GiB | vs best timm |"
+        "| peak GiB | saved act. GiB | vs best timm | vs best Keras |"
     )
     lines = [header, "|" + "---|" * (header.count("|") - 1)]
     best_timm = _best_timm(results, _setting)
+    best_keras = _best_timm(results, _setting, "keras")
     fmt = lambda v, spec: "—" if v is None else format(v, spec)
     for r in results:
-        ref = best_timm.get(_setting(r))
-        ratio = f"{r.images_per_s / ref:.2f}x" if ref and r.impl == "ours" else ""
+        ratios = [f"{r.images_per_s / ref:.2f}x" if ref and r.impl == "ours" else ""
+                  for ref in (best_timm.get(_setting(r)), best_keras.get(_setting(r)))]  # fmt: skip
         impl = r.impl + (f"[{r.ops}]" if r.impl == "ours" and r.ops != "auto" else "") + ("+remat" if r.remat else "")
         gflop = None if r.flops_per_image is None else r.flops_per_image / 1e9
         mfu = None if r.mfu is None else 100 * r.mfu
         lines.append(
             f"| {impl} | {r.model} | {r.mode} | {r.batch} | {r.image_size} | {r.dtype} | {r.images_per_s:.2f} | "
             f"{r.step_ms:.0f} | {fmt(r.compile_s, '.1f')} | {fmt(gflop, '.2f')} | {fmt(r.achieved_tflops, '.3f')} | "
-            f"{fmt(mfu, '.1f')} | {fmt(r.peak_memory_gib, '.2f')} | {fmt(r.saved_activations_gib, '.2f')} | {ratio} |"
+            f"{fmt(mfu, '.1f')} | {fmt(r.peak_memory_gib, '.2f')} | {fmt(r.saved_activations_gib, '.2f')} | "
+            f"{ratios[0]} | {ratios[1]} |"
         )
     return "\n".join(lines)
 
@@ -102,11 +104,11 @@ def summarise(results: list[Result]) -> list[Result]:
     return rows
 
 
-def ratios_by_round(results: list[Result]) -> dict[tuple, list[float]]:
-    """Ours / the best timm mode within each round, per setting and ops implementation: the spread the summary's
-    ratio hides."""
+def ratios_by_round(results: list[Result], reference: str = "timm") -> dict[tuple, list[float]]:
+    """Ours / the best mode of the `reference` framework within each round, per setting and ops implementation: the
+    spread the summary's ratio hides."""
     in_round = lambda r: (*_setting(r), r.run, r.round)
-    best = _best_timm(results, in_round)
+    best = _best_timm(results, in_round, reference)
     out: dict[tuple, list[float]] = {}
     for r in results:
         if r.impl == "ours" and in_round(r) in best:
@@ -115,11 +117,13 @@ def ratios_by_round(results: list[Result]) -> dict[tuple, list[float]]:
 
 
 def format_round_ratios(results: list[Result]) -> str:
-    """One line per setting: ours / the best timm mode in each round, the spread a median over rounds hides."""
+    """One line per setting and reference framework: ours / its best mode in each round, the spread a median over
+    rounds hides."""
     return "\n".join(
-        f"{name} {mode} b{batch}@{size}: ours{'' if impl == 'auto' else f'[{impl}]'} / best timm by round "
+        f"{name} {mode} b{batch}@{size}: ours{'' if impl == 'auto' else f'[{impl}]'} / best {label} by round "
         + ", ".join(f"{q:.2f}x" for q in ratios)
-        for (name, mode, batch, size, impl), ratios in ratios_by_round(results).items()
+        for reference, label in (("timm", "timm"), ("keras", "Keras"))
+        for (name, mode, batch, size, impl), ratios in ratios_by_round(results, reference).items()
     )
 
 

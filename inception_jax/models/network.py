@@ -21,12 +21,14 @@ class InceptionNet(nn.Module):
     """Base of the four networks: backbone -> global average pool -> dropout -> dense.
 
     Applied as a pure function: `model.apply(variables, x, train=...)` with x NHWC in [-1, 1], at least 75x75.
-    Returns float32 logits. With `mutable=["intermediates"]` it also returns the final feature map before pooling
-    (`features`) and, when `aux_logits` is set, the auxiliary classifier's logits (`aux_logits`, computed only in
-    training and at initialisation).
+    Returns float32 logits, or with `include_top=False` the final feature map (as Keras applications'
+    `include_top=False`: no pooling, no classifier). With `mutable=["intermediates"]` it also returns the final
+    feature map before pooling (`features`) and, when `aux_logits` is set, the auxiliary classifier's logits
+    (`aux_logits`, computed only in training and at initialisation).
     """
 
     num_classes: int = 1000
+    include_top: bool = True  # False: a feature extractor, without the global pool, dropout and classifier
     dropout_rate: float = 0.2  # the paper's keep probability 0.8
     aux_logits: bool = False
     remat: bool = False  # training keeps only block outputs and recomputes the rest in the backward pass
@@ -81,6 +83,8 @@ class InceptionNet(nn.Module):
         check_input(x)
         features = self.features(x.astype(self.dtype), train)
         self.sow("intermediates", "features", features)
+        if not self.include_top:
+            return features.astype(jnp.float32)
         x = jnp.mean(features, axis=(1, 2))
         x = nn.Dropout(self.dropout_rate, deterministic=not train, name="Dropout")(x)
         x = nn.Dense(self.num_classes, kernel_init=kernel_init, dtype=self.dtype, name="Logits")(x)
@@ -130,3 +134,9 @@ def dead_fraction(features: jax.Array) -> jax.Array:
     """Fraction of exactly-zero activations in a feature map: the paper's failure signature (§3.3: unscaled wide
     residual nets "died", the last layer before the average pool producing only zeros)."""
     return jnp.mean((features == 0).astype(jnp.float32))
+
+
+def check_num_blocks(num_blocks: tuple[int, ...]) -> None:
+    """Raises ValueError unless num_blocks is three non-negative counts (A, B, C)."""
+    if len(tuple(num_blocks)) != 3 or any(not isinstance(n, int) or n < 0 for n in num_blocks):
+        raise ValueError(f"num_blocks must be three non-negative ints (A, B, C), got {num_blocks!r}")
