@@ -61,7 +61,8 @@ def evaluate_with_batch_statistics(experiment: loop.Experiment, config: ml_colle
 
     totals = {"loss": 0.0, "top1": 0.0, "top5": 0.0, "count": 0.0}
     batches = data.make_iterator(config.dataset, split=experiment.info.eval_split, image_size=config.image_size,
-                                 global_batch_size=batch_size, train=False, seed=config.seed)
+                                 global_batch_size=batch_size, train=False, seed=config.seed,
+                                 source=experiment.source)  # fmt: skip
     for batch in batches:
         if not np.all(batch["mask"] == 1):
             continue

@@ -25,7 +25,7 @@ import ml_collections
 
 from inception_jax import cpu_settings, data, weights
 from inception_jax.evaluation import multicrop
-from inception_jax.training import checkpoints, loop, sharding
+from inception_jax.training import loop, sharding
 
 CROPS = (1, 12, 144)
 
@@ -39,13 +39,7 @@ def load_workdir(workdir: Path, which: str, ema: bool,
         raise FileNotFoundError(f"{workdir} has no config.json: not a workdir of python -m inception_jax.main")
     config = ml_collections.ConfigDict(json.loads(config_path.read_text()))
     experiment = loop.Experiment(config)
-    checkpointer = checkpoints.Checkpointer(str(workdir / "checkpoints"), keep=config.keep_checkpoints)
-    step = checkpointer.best_step() if which == "best" else checkpointer.latest_step()
-    if step is None:
-        raise FileNotFoundError(f"no {which} checkpoint in {workdir / 'checkpoints'}")
-    state, _ = checkpointer.restore(experiment.abstract_state, step)
-    checkpointer.close()
-    variables = state.variables(ema=ema and config.ema_decay > 0)
+    variables, step = loop.restore_variables(experiment, str(workdir), which, ema=ema and config.ema_decay > 0)
     if recalibration_batches:
         config.bn_recalibration_batches = recalibration_batches
         variables = loop.recalibrate_batchnorm(experiment, config, variables)
@@ -113,7 +107,8 @@ def main(argv: list[str] | None = None) -> int:
         dataset_config.preprocessing = args.preprocessing
     if args.data_dir:
         dataset_config.data_dir = args.data_dir
-    info = data.get_info(dataset_config)
+    source = data.open_source(dataset_config)  # once, for every crop setting
+    info = source.info
     split = args.split or info.eval_split
     if split not in info.num_examples:
         parser.error(f"--split {split!r}: {info.name} has {sorted(info.num_examples)}")
@@ -124,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     for crops in args.crops:
         start = time.time()
         batches = data.make_iterator(dataset_config, split=split, image_size=image_size, global_batch_size=args.batch,
-                                     train=False, seed=0, num_crops=crops)  # fmt: skip
+                                     train=False, seed=0, num_crops=crops, source=source)  # fmt: skip
         result = multicrop.evaluate(members, batches, mesh)
         result.update(
             crops=crops, dataset=info.name, split=split, image_size=image_size, sources=sources,

@@ -24,8 +24,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from launch import fmt, launch, main_command, read_run, report_failures
+
 from inception_jax.evaluation.tables import load_results, render
-from inception_jax.launch import fmt, launch, main_command, read_run, report_failures
 
 EVALUATE = Path(__file__).resolve().parent / "evaluate.py"
 

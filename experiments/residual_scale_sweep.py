@@ -16,7 +16,8 @@ import json
 import sys
 from pathlib import Path
 
-from inception_jax.launch import fmt, launch, main_command, read_run, report_failures
+from launch import fmt, launch, main_command, read_run, report_failures
+
 from inception_jax.training.config import load_config_file
 
 RESIDUAL_MODELS = ("inception_resnet_v1", "inception_resnet_v2")

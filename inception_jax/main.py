@@ -4,10 +4,11 @@
     python -m inception_jax.main --config configs/inception_v4.py --workdir runs/v4 --config.batch_size=256
     python -m inception_jax.main --config configs/quickstart.py --workdir runs/quickstart --config.mode=evaluate
 
---config defaults to configs/quickstart.py (a small Inception-ResNet-v2 on scikit-learn's digits: minutes on a
-laptop CPU, no download). Rerunning a command resumes from the checkpoints in --workdir. Several processes (hosts):
-give each --coordinator_address, --num_processes and its --process_id (or set JAX_COORDINATOR_ADDRESS). On the
-CPU the process first takes `inception_jax.cpu_settings` (XLA flags, malloc tunables; `--nocpu_settings`: not).
+--config defaults to the quickstart (inception_jax/quickstart.py, also named configs/quickstart.py): a small
+Inception-ResNet-v2 on scikit-learn's digits, minutes on a laptop CPU, no download. Rerunning a command resumes from
+the checkpoints in --workdir. Several processes (hosts): give each --coordinator_address, --num_processes and its
+--process_id (or set JAX_COORDINATOR_ADDRESS). On the CPU the process first takes `inception_jax.cpu_settings` (XLA
+flags, malloc tunables; `--nocpu_settings`: not).
 """
 
 import logging as std_logging
@@ -19,11 +20,10 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from inception_jax import cpu_settings
-from inception_jax.data.datasets import BadImageError
+from inception_jax.data.source import BadImageError
 from inception_jax.training import config as config_lib
 from inception_jax.training import loop, sharding
 from inception_jax.training.checkpoints import CheckpointError
-from inception_jax.training.state import create_model
 
 # Exit codes of the faults a run explains in one line: 2 a bad or changed config (nothing was built), 3 a
 # non-finite loss or gradient (nothing was saved after the last good checkpoint), 4 no checkpoint restores, 5 a
@@ -34,7 +34,7 @@ EXIT_CODES = {
     CheckpointError: 4,
     BadImageError: 5,
 }
-_DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "quickstart.py")
+_DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "quickstart.py")  # installed with us
 
 
 
@@ -69,18 +69,29 @@ def _exit_on_unknown_override(error: Exception, argv: list[str]) -> None:
     raise error
 
 
-try:
-    _CONFIG = config_flags.DEFINE_config_file("config", _DEFAULT_CONFIG, "Experiment config file (configs/*.py).",
-                                              lock_config=True)
-except (AttributeError, KeyError, TypeError) as _error:
-    _exit_on_unknown_override(_error, sys.argv)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and plots; resumed if present.",
-                               required=True)
-_COORDINATOR = flags.DEFINE_string("coordinator_address", "", "host:port of process 0, for multi-process runs.")
-_NUM_PROCESSES = flags.DEFINE_integer("num_processes", 0, "Number of processes of a multi-process run.")
-_PROCESS_ID = flags.DEFINE_integer("process_id", -1, "This process's index in a multi-process run.")
-_CACHE = flags.DEFINE_string("compilation_cache", os.path.expanduser("~/.cache/inception_jax/xla"),
-                             "Persistent XLA compilation cache ('' = off): resumed and repeated runs start faster.")
+_FLAGS: dict[str, flags.FlagHolder] = {}
+
+
+def define_flags(argv: list[str]) -> None:
+    """Defines the command line's flags, once. Called by the entry point before parsing `argv`, never on import:
+    config_flags reads the config file (and fails on an unknown `--config.<field>`, named from `argv`) as it defines
+    the flag."""
+    if _FLAGS:
+        return
+    try:
+        _FLAGS["config"] = config_flags.DEFINE_config_file("config", _DEFAULT_CONFIG, "Experiment config file "
+                                                           "(configs/*.py).", lock_config=True)  # fmt: skip
+    except (AttributeError, KeyError, TypeError) as error:
+        _exit_on_unknown_override(error, argv)
+    _FLAGS["workdir"] = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and plots; resumed "
+                                            "if present.", required=True)  # fmt: skip
+    _FLAGS["coordinator_address"] = flags.DEFINE_string("coordinator_address", "", "host:port of process 0, for "
+                                                        "multi-process runs.")  # fmt: skip
+    _FLAGS["num_processes"] = flags.DEFINE_integer("num_processes", 0, "Number of processes of a multi-process run.")
+    _FLAGS["process_id"] = flags.DEFINE_integer("process_id", -1, "This process's index in a multi-process run.")
+    _FLAGS["compilation_cache"] = flags.DEFINE_string(
+        "compilation_cache", os.path.expanduser("~/.cache/inception_jax/xla"),
+        "Persistent XLA compilation cache ('' = off): resumed and repeated runs start faster.")  # fmt: skip
 
 
 class _QuietLibraries(std_logging.Filter):
@@ -96,26 +107,27 @@ def main(argv: list[str]) -> int:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     logging.get_absl_handler().addFilter(_QuietLibraries())
-    if _CACHE.value and "JAX_COMPILATION_CACHE_DIR" not in os.environ:
-        jax.config.update("jax_compilation_cache_dir", _CACHE.value)
+    cache = _FLAGS["compilation_cache"].value
+    if cache and "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+        jax.config.update("jax_compilation_cache_dir", cache)
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 2.0)
-    sharding.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
-    config, workdir = _CONFIG.value, _WORKDIR.value
+    sharding.initialize_distributed(_FLAGS["coordinator_address"].value, _FLAGS["num_processes"].value,
+                                    _FLAGS["process_id"].value)  # fmt: skip
+    config, workdir = _FLAGS["config"].value, _FLAGS["workdir"].value
     logging.info("devices: %d (%s), processes: %d", jax.device_count(), jax.devices()[0].platform,
                  jax.process_count())
     try:  # a bad config fails here, naming the field, before anything is compiled
-        info = config_lib.validate(config, device_count=jax.device_count(), process_count=jax.process_count())
-        create_model(config, info.num_classes)
+        experiment = loop.Experiment(config)  # validates the config and the model, opens the data set
     except (ValueError, BadImageError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     try:
         if config.mode == "evaluate":
-            results = loop.evaluate(config, workdir)
+            results = loop.evaluate(config, workdir, experiment=experiment)
             print(f"step {results['step']}: top-1 {100 * results['top1']:.2f}%  top-5 {100 * results['top5']:.2f}%  "
                   f"({int(results['num_examples'])} examples{loop.statistics_note(results)})")
             return 0
-        summary = loop.train_and_evaluate(config, workdir)
+        summary = loop.train_and_evaluate(config, workdir, experiment=experiment)
     except tuple(EXIT_CODES) as error:  # a fault with a one-line explanation (docs/faults.md), not a traceback
         print(f"error: {error}", file=sys.stderr)
         return next(code for kind, code in EXIT_CODES.items() if isinstance(error, kind))
@@ -146,4 +158,5 @@ def _parse_flags(argv: list[str]) -> list[str]:
 
 if __name__ == "__main__":
     sys.argv = cpu_settings.apply(sys.argv)  # before jax starts its backends
+    define_flags(sys.argv)
     app.run(main, flags_parser=_parse_flags)

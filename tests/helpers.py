@@ -3,6 +3,7 @@ of a subprocess with another device count, and the relative errors the parity te
 
 import importlib.util
 import os
+import sys
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -37,7 +38,10 @@ def project_config(name: str) -> ml_collections.ConfigDict:
 
 
 def load_script(name: str) -> ModuleType:
-    """experiments/<name>.py as a module (the scripts are run by path, not installed)."""
+    """experiments/<name>.py as a module (the scripts are run by path, not installed; their shared helpers, such as
+    experiments/launch.py, are imported from beside them)."""
+    if str(ROOT / "experiments") not in sys.path:
+        sys.path.append(str(ROOT / "experiments"))
     spec = importlib.util.spec_from_file_location(name, ROOT / "experiments" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from inception_jax import data
-from inception_jax.data import datasets
+from inception_jax.data import datasets, registry
 from inception_jax.data._tf import tf, tfds
 
 FASHION_DIR = "/usr/share/datasets/fashion-mnist"
@@ -123,7 +123,7 @@ def test_image_folder_with_class_directories(tmp_path, no_network):
     assert data.get_info(c) == info  # the split is a function of the paths
 
     # Evaluation output == preprocess_eval of the decoded file, with its label.
-    source = datasets.open_source(c)
+    source = registry.open_source(c)
     (batch,) = list(data.make_iterator(c, split="test", image_size=32, global_batch_size=32, train=False, seed=0,
                                        process_index=0, process_count=1))
     for j in range(info.num_examples["test"]):
@@ -193,7 +193,7 @@ def test_tfds_prepared_locally(tmp_path, file_format, no_network):
     np.testing.assert_array_equal(named(batch["image"][:5]), reference)
     np.testing.assert_array_equal(batch["label"][:5], np.array(reference) % 3)
     # Slicing syntax works for splits.
-    assert datasets.open_source(c).num_examples("train[:50%]") == 10
+    assert registry.open_source(c).num_examples("train[:50%]") == 10
     (train,) = take(c, split="train[:50%]")
     assert set(named(train["image"])) <= set(names("train[:50%]"))
     np.testing.assert_array_equal(train["label"], named(train["image"]) % 3)

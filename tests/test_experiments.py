@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 from helpers import ROOT, TINY_CONFIG, env_with_devices, load_script, one_device_mesh
 
-from inception_jax import launch as runs
 from inception_jax.data import default_dataset_config
 from inception_jax.training import loop
+
+runs = load_script("launch")  # the experiment scripts' shared helpers
 
 FASHION_MNIST_DIR = default_dataset_config().fashion_mnist_dir
 pure_vs_residual = load_script("pure_vs_residual")

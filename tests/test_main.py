@@ -39,7 +39,7 @@ def test_paper_configs_hold_the_paper_recipe(name):
     assert config.model.bn_momentum == 0.9997 and config.model.bn_epsilon == 1e-3
     assert config.weight_decay_biases == (name == "inception_resnet_v2")
     config.dataset.name = "fake"  # ImageNet is not on this machine; everything else must validate
-    info = validate(config, device_count=8)
+    info = validate(config, device_count=8).info
     assert info.num_classes == 1000
     create_model(config, info.num_classes)
 
@@ -49,14 +49,14 @@ def test_pure_vs_residual_base_config_builds_every_network(name):
     config = project_config("pure_vs_residual")
     assert "residual_scales" not in config.model and "num_blocks" not in config.model
     config.model.name, config.dataset.name = name, "fake"
-    create_model(config, validate(config, device_count=8).num_classes)
+    create_model(config, validate(config, device_count=8).info.num_classes)
 
 
 def test_quickstart_config_validates_as_is():
     config = project_config("quickstart")
     for key in [*SWEEP_KEYS, "model.residual_scales"]:
         get(config, key)
-    info = validate(config, device_count=jax.device_count())
+    info = validate(config, device_count=jax.device_count()).info
     assert info.name == "digits" and info.num_classes == 10
     model = create_model(config, info.num_classes)
     assert model.depth_multiplier < 1 and model.aux_logits
@@ -107,7 +107,7 @@ def test_unknown_keys_in_a_config_file_are_rejected():
 def test_bad_model_field_names_the_section():
     config = project_config("quickstart")
     config.model.depth_multiplier = -1.0
-    info = validate(config, device_count=8)
+    info = validate(config, device_count=8).info
     with pytest.raises(ValueError, match=r"config section model: depth_multiplier must be > 0"):
         create_model(config, info.num_classes)
 

@@ -12,7 +12,8 @@ on first use, so `import inception_jax.data` stays cheap.
 import importlib
 
 from inception_jax.data.config import default_dataset_config
-from inception_jax.data.datasets import BadImageError, DatasetInfo, get_info
+from inception_jax.data.registry import get_info, open_source
+from inception_jax.data.source import BadImageError, DatasetInfo, Source
 
 _LAZY = {
     "make_iterator": "pipeline",
@@ -23,7 +24,7 @@ _LAZY = {
     "multi_crop_views": "crops",
 }
 
-__all__ = ["BadImageError", "DatasetInfo", "default_dataset_config", "get_info", *_LAZY]
+__all__ = ["BadImageError", "DatasetInfo", "Source", "default_dataset_config", "get_info", "open_source", *_LAZY]
 
 
 def __getattr__(name: str):

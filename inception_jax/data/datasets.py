@@ -1,124 +1,32 @@
-"""Data sets by name: what each one is (`DatasetInfo`) and random access to its examples (`Source`).
-
-Random access by index is what lets the pipeline make every batch a pure function of (seed, step). The sources
-here need no TensorFlow to open; tensorflow-datasets sources live in `tfds_source`.
+"""The data sets that need no TensorFlow to open, each a `Source`:
 
 - `digits`: scikit-learn's bundled 8x8 handwritten digits (1,797 images, labels 0-9, no download), split once and
   for all by a fixed permutation into 1,437 train and 360 test images.
-- `fashion_mnist`: the four IDX files in `fashion_mnist_dir` (60,000 train, 10,000 test, 28x28 grayscale), or
-  tensorflow-datasets' copy when those are absent.
+- `fashion_mnist` from IDX files: the four files of the MNIST layout (60,000 train, 10,000 test, 28x28 grayscale).
 - `image_folder`: the user's images, one sub-directory per class.
 - `fake`: random images of any shape, for benchmarks.
-- anything else: a tensorflow-datasets name (see `tfds_source`).
 """
 
 from __future__ import annotations
 
-import abc
-import dataclasses
 import functools
 import gzip
 import os
 import re
 import zlib
-from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 import ml_collections
 import numpy as np
 
+from inception_jax.data.source import SIMPLE, ArraySource, BadImageError, DatasetInfo, Source, make_info
+
 if TYPE_CHECKING:
     import tensorflow as tf
 
-INCEPTION, SIMPLE = "inception", "simple"
-# Data sets whose images all have this shorter side or less get the simple preprocessing under "auto".
-SIMPLE_MAX_SIDE = 63
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 # The first bytes of the formats tf.io.decode_image reads (whatever the file's extension says).
 IMAGE_SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM")
-
-
-class BadImageError(RuntimeError):
-    """An input file that is not a readable image; the message names it."""
-
-
-@dataclasses.dataclass(frozen=True)
-class DatasetInfo:
-    """What the model and the schedule need to know about a data set."""
-
-    name: str
-    num_classes: int
-    num_examples: dict[str, int]  # per split name
-    train_split: str
-    eval_split: str
-    class_names: tuple[str, ...] = ()
-    image_shape: tuple[int, int, int] | None = None  # [h, w, c] when all images share it
-    preprocessing: str = INCEPTION  # what preprocessing="auto" means here
-
-
-class Source(abc.ABC):
-    """Random access to one data set's examples.
-
-    `read` runs in Python (inside `tf.numpy_function`) and returns per example a value of `value_dtype` and
-    `value_shape` plus an int32 label; `decode_tf` turns a value into a uint8 [h, w, c] image inside the graph.
-    """
-
-    info: DatasetInfo
-    value_dtype: str = "uint8"
-    value_shape: tuple[int | None, ...] = (None, None, None)
-
-    def num_examples(self, split: str) -> int:
-        """Examples in `split`; a clear error for a split the data set does not have."""
-        if split not in self.info.num_examples:
-            raise ValueError(
-                f"data set {self.info.name!r} has no split {split!r}; it has {sorted(self.info.num_examples)}. "
-                "Set config field dataset.train_split / dataset.eval_split."
-            )
-        return self.info.num_examples[split]
-
-    @abc.abstractmethod
-    def read(self, split: str, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(values, int32 labels) of the examples at `indices` of `split`."""
-
-    def decode_tf(self, value: tf.Tensor, label: tf.Tensor, image_size: int) -> tuple[tf.Tensor, tf.Tensor]:
-        """(uint8 [h, w, c] image, int32 label) from what `read` returned for one example."""
-        del image_size
-        return value, label
-
-    def undecodable(self, values: np.ndarray) -> list[str]:
-        """Descriptions of the values among `values` (as `read` returned them) that `decode_tf` fails on: called
-        after the pipeline failed, to name the culprit. Sources whose values always decode return []."""
-        del values
-        return []
-
-
-def make_info(config: ml_collections.ConfigDict, name: str, num_classes: int, num_examples: Mapping[str, int],
-               **kwargs) -> DatasetInfo:
-    """A DatasetInfo with the configured split names, or the defaults: "train", and "validation" or "test"."""
-    train_split = config.train_split or "train"
-    eval_split = config.eval_split or ("validation" if "validation" in num_examples else "test")
-    return DatasetInfo(name=name, num_classes=num_classes, num_examples=dict(num_examples),
-                       train_split=train_split, eval_split=eval_split, **kwargs)
-
-
-def check_splits(source: Source) -> Source:
-    """Fails now, naming the config field, if a configured split is missing."""
-    source.num_examples(source.info.train_split)
-    source.num_examples(source.info.eval_split)
-    return source
-
-
-class ArraySource(Source):
-    """Examples held in memory as uint8 [n, h, w, c] arrays, one per split."""
-
-    def __init__(self, info: DatasetInfo, load_split):
-        self.info = info
-        self._load_split = load_split  # split -> (images, labels), loaded on first read
-        self.value_shape = info.image_shape
-
-    def read(self, split: str, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        images, labels = self._load_split(split)
-        return images[indices], labels[indices]
 
 
 # --- digits -------------------------------------------------------------------------------------------------------
@@ -140,7 +48,7 @@ def digits_splits() -> dict[str, tuple[np.ndarray, np.ndarray]]:
     return {"train": (images[~test], labels[~test]), "test": (images[test], labels[test])}
 
 
-def _open_digits(config: ml_collections.ConfigDict) -> Source:
+def open_digits(config: ml_collections.ConfigDict) -> Source:
     splits = digits_splits()
     info = make_info(config, "digits", 10, {k: len(v[1]) for k, v in splits.items()},
                      class_names=tuple(str(i) for i in range(10)), image_shape=(8, 8, 1), preprocessing=SIMPLE)
@@ -151,7 +59,7 @@ def _open_digits(config: ml_collections.ConfigDict) -> Source:
 
 FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
                          "Ankle boot")
-_IDX_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+IDX_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
               "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
 _IDX_UBYTE = 0x08
 
@@ -188,11 +96,11 @@ def read_idx(path: str) -> np.ndarray:
 
 def idx_files(directory: str) -> dict[str, tuple[str, str]] | None:
     """{split: (images, labels)} paths when `directory` holds all four MNIST-layout files, else None."""
-    found = {split: tuple(_idx_path(directory, stem) for stem in stems) for split, stems in _IDX_FILES.items()}
+    found = {split: tuple(_idx_path(directory, stem) for stem in stems) for split, stems in IDX_FILES.items()}
     return None if any(p is None for paths in found.values() for p in paths) else found
 
 
-def _open_idx(config: ml_collections.ConfigDict, name: str, files: dict[str, tuple[str, str]],
+def open_idx(config: ml_collections.ConfigDict, name: str, files: dict[str, tuple[str, str]],
               class_names: tuple[str, ...]) -> Source:
     counts = {}
     for split, (images, labels) in files.items():
@@ -367,58 +275,3 @@ class FakeSource(Source):
         shape = [d or image_size for d in self._shape[:2]] + [self._shape[2]]
         image = tf.random.stateless_uniform(shape, tf.stack([tf.constant(0, tf.int64), value]), 0, 256, tf.int32)
         return tf.cast(image, tf.uint8), label
-
-
-# --- by name --------------------------------------------------------------------------------------------------------
-
-
-def _open_fashion_mnist(config: ml_collections.ConfigDict) -> Source:
-    files = idx_files(config.fashion_mnist_dir)
-    if files is not None:
-        return _open_idx(config, "fashion_mnist", files, FASHION_MNIST_CLASSES)
-    from inception_jax.data import tfds_source
-
-    if tfds_source.is_prepared("fashion_mnist", config):
-        return tfds_source.TfdsSource("fashion_mnist", config)
-    stems = [s + ".gz" for stems in _IDX_FILES.values() for s in stems]
-    raise FileNotFoundError(
-        f"fashion_mnist: the IDX files {', '.join(stems)} are not in {config.fashion_mnist_dir!r} (config field "
-        "dataset.fashion_mnist_dir; Debian/Ubuntu: `apt-get install dataset-fashion-mnist` puts them in "
-        "/usr/share/datasets/fashion-mnist), and tensorflow-datasets has not prepared fashion_mnist in "
-        f"{config.data_dir or 'its default data_dir'!r} (config field dataset.data_dir)."
-    )
-
-
-_OPENERS = {
-    "digits": _open_digits,
-    "fashion_mnist": _open_fashion_mnist,
-    "image_folder": ImageFolderSource,
-    "fake": FakeSource,
-}
-
-
-def open_source(config: ml_collections.ConfigDict) -> Source:
-    """The source named by `config.name`; fails with a clear error, before reading any data, when it is missing."""
-    if not config.name:
-        raise ValueError("config field dataset.name is empty")
-    opener = _OPENERS.get(config.name)
-    if opener is None:
-        from inception_jax.data import tfds_source
-
-        return check_splits(tfds_source.TfdsSource(config.name, config))
-    return check_splits(opener(config))
-
-
-def get_info(config: ml_collections.ConfigDict) -> DatasetInfo:
-    """Name, classes, split sizes and split names of the configured data set, without reading its examples."""
-    return open_source(config).info
-
-
-def resolve_preprocessing(config: ml_collections.ConfigDict, info: DatasetInfo) -> str:
-    """The preprocessing mode the config asks for, with "auto" resolved for this data set."""
-    mode = config.preprocessing
-    if mode == "auto":
-        return info.preprocessing
-    if mode not in (INCEPTION, SIMPLE):
-        raise ValueError(f"config field dataset.preprocessing must be inception, simple or auto; got {mode!r}")
-    return mode

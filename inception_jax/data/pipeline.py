@@ -20,8 +20,9 @@ import numpy as np
 
 from inception_jax.data._tf import tf
 from inception_jax.data.crops import NUM_CROPS, multi_crop_views_tf
-from inception_jax.data.datasets import INCEPTION, BadImageError, open_source, resolve_preprocessing
 from inception_jax.data.preprocessing import preprocess_tf
+from inception_jax.data.registry import open_source, resolve_preprocessing
+from inception_jax.data.source import INCEPTION, BadImageError, Source
 
 _INFINITE = 2**62
 _MAX_READ_THREADS = 4
@@ -121,6 +122,7 @@ def make_iterator(
     process_count: int | None = None,
     num_crops: int = 1,
     augment: bool = True,
+    source: Source | None = None,
 ) -> BatchIterator:
     """This host's share (global_batch_size // process_count examples) of every global batch.
 
@@ -130,8 +132,10 @@ def make_iterator(
     train=True, augment=False: the same batches with the evaluation's preprocessing (BatchNorm recalibration).
     train=False: one pass over the split in order, no augmentation; the last batch is padded, and "mask" (float32,
     1 = real example) marks the padding. num_crops 12 or 144 gives images of shape [B, num_crops, S, S, 3].
+    `source`: the data set `dataset_config` names, already opened (a run opens it once for all its iterators);
+    opened here when not given.
     """
-    source = open_source(dataset_config)
+    source = source or open_source(dataset_config)
     num_examples = source.num_examples(split)
     process_index, process_count = _host(process_index, process_count)
     if global_batch_size <= 0 or global_batch_size % process_count:

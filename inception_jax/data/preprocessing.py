@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from inception_jax.data._tf import tf
-from inception_jax.data.datasets import INCEPTION, SIMPLE
+from inception_jax.data.source import INCEPTION, SIMPLE
 
 MODES = (INCEPTION, SIMPLE)
 

@@ -18,7 +18,7 @@ from tensorflow_datasets.core.decode import DeserializeMethod
 from tensorflow_datasets.core.file_adapters import FileFormat
 
 from inception_jax.data._tf import tf, tfds
-from inception_jax.data.datasets import INCEPTION, SIMPLE, SIMPLE_MAX_SIDE, Source, make_info
+from inception_jax.data.source import INCEPTION, SIMPLE, SIMPLE_MAX_SIDE, Source, make_info
 
 IMAGENET = "imagenet2012"
 IMAGENET_FILES = {"train": "ILSVRC2012_img_train.tar", "validation": "ILSVRC2012_img_val.tar"}

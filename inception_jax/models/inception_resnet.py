@@ -14,11 +14,9 @@ import jax
 import jax.numpy as jnp
 
 from inception_jax.models.inception_v3 import InceptionV3A, InceptionV3Stem
-from inception_jax.models.inception_v4 import InceptionV4Stem, ReductionA, check_num_blocks
-from inception_jax.models.layers import ConvBN, InceptionResNetBlock, LayerConfig, Widths, max_pool_3x3_s2
-from inception_jax.models.network import InceptionNet
-
-V = "VALID"
+from inception_jax.models.inception_v4 import InceptionV4Stem, ReductionA
+from inception_jax.models.layers import VALID, ConvBN, InceptionResNetBlock, LayerConfig, Widths, max_pool_3x3_s2
+from inception_jax.models.network import InceptionNet, check_num_blocks
 
 
 class InceptionResNetA(InceptionResNetBlock):
@@ -75,12 +73,12 @@ class ResidualReductionB(nn.Module):
         cfg = self.cfg
         (a0, a1), (b0, b1), (c0, c1, c2) = self.widths
         branch0 = ConvBN(a0, 1, cfg, name="branch0_0")(x, train)
-        branch0 = ConvBN(a1, 3, cfg, strides=2, padding=V, name="branch0_1")(branch0, train)
+        branch0 = ConvBN(a1, 3, cfg, strides=2, padding=VALID, name="branch0_1")(branch0, train)
         branch1 = ConvBN(b0, 1, cfg, name="branch1_0")(x, train)
-        branch1 = ConvBN(b1, 3, cfg, strides=2, padding=V, name="branch1_1")(branch1, train)
+        branch1 = ConvBN(b1, 3, cfg, strides=2, padding=VALID, name="branch1_1")(branch1, train)
         branch2 = ConvBN(c0, 1, cfg, name="branch2_0")(x, train)
         branch2 = ConvBN(c1, 3, cfg, name="branch2_1")(branch2, train)
-        branch2 = ConvBN(c2, 3, cfg, strides=2, padding=V, name="branch2_2")(branch2, train)
+        branch2 = ConvBN(c2, 3, cfg, strides=2, padding=VALID, name="branch2_2")(branch2, train)
         return jnp.concatenate([branch0, branch1, branch2, max_pool_3x3_s2(x, cfg)], axis=-1)
 
 

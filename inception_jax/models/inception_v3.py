@@ -12,10 +12,8 @@ import jax
 import jax.numpy as jnp
 
 from inception_jax.models.inception_v4 import ReductionB
-from inception_jax.models.layers import ConvBN, LayerConfig, avg_pool_3x3, expanded_filter_bank, max_pool_3x3_s2
+from inception_jax.models.layers import VALID, ConvBN, LayerConfig, avg_pool_3x3, expanded_filter_bank, max_pool_3x3_s2
 from inception_jax.models.network import InceptionNet
-
-V = "VALID"
 
 
 class InceptionV3Stem(nn.Module):
@@ -31,15 +29,15 @@ class InceptionV3Stem(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         cfg = self.cfg
-        x = ConvBN(32, 3, cfg, strides=2, padding=V, name="Conv2d_1a_3x3")(x, train)
-        x = ConvBN(32, 3, cfg, padding=V, name="Conv2d_2a_3x3")(x, train)
+        x = ConvBN(32, 3, cfg, strides=2, padding=VALID, name="Conv2d_1a_3x3")(x, train)
+        x = ConvBN(32, 3, cfg, padding=VALID, name="Conv2d_2a_3x3")(x, train)
         x = ConvBN(64, 3, cfg, name="Conv2d_2b_3x3")(x, train)
         x = max_pool_3x3_s2(x, cfg)
-        x = ConvBN(80, 1, cfg, padding=V, name="Conv2d_3b_1x1")(x, train)
-        x = ConvBN(192, 3, cfg, padding=V, name="Conv2d_4a_3x3")(x, train)
+        x = ConvBN(80, 1, cfg, padding=VALID, name="Conv2d_3b_1x1")(x, train)
+        x = ConvBN(192, 3, cfg, padding=VALID, name="Conv2d_4a_3x3")(x, train)
         if self.reduce_filters is None:
             return max_pool_3x3_s2(x, cfg)
-        return ConvBN(self.reduce_filters, 3, cfg, strides=2, padding=V, name="Conv2d_4b_3x3")(x, train)
+        return ConvBN(self.reduce_filters, 3, cfg, strides=2, padding=VALID, name="Conv2d_4b_3x3")(x, train)
 
 
 class InceptionV3A(nn.Module):
@@ -72,10 +70,10 @@ class InceptionV3ReductionA(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         cfg = self.cfg
-        b0 = ConvBN(384, 3, cfg, strides=2, padding=V, name="branch0_0")(x, train)
+        b0 = ConvBN(384, 3, cfg, strides=2, padding=VALID, name="branch0_0")(x, train)
         b1 = ConvBN(64, 1, cfg, name="branch1_0")(x, train)
         b1 = ConvBN(96, 3, cfg, name="branch1_1")(b1, train)
-        b1 = ConvBN(96, 3, cfg, strides=2, padding=V, name="branch1_2")(b1, train)
+        b1 = ConvBN(96, 3, cfg, strides=2, padding=VALID, name="branch1_2")(b1, train)
         return jnp.concatenate([b0, b1, max_pool_3x3_s2(x, cfg)], axis=-1)
 
 

@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 
 from inception_jax.models.layers import (
+    VALID,
     ConvBN,
     LayerConfig,
     Widths,
@@ -19,9 +20,7 @@ from inception_jax.models.layers import (
     expanded_filter_bank,
     max_pool_3x3_s2,
 )
-from inception_jax.models.network import InceptionNet
-
-V = "VALID"
+from inception_jax.models.network import InceptionNet, check_num_blocks
 
 
 class InceptionV4Stem(nn.Module):
@@ -32,22 +31,22 @@ class InceptionV4Stem(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         cfg = self.cfg
-        x = ConvBN(32, 3, cfg, strides=2, padding=V, name="Conv2d_1a_3x3")(x, train)
-        x = ConvBN(32, 3, cfg, padding=V, name="Conv2d_2a_3x3")(x, train)
+        x = ConvBN(32, 3, cfg, strides=2, padding=VALID, name="Conv2d_1a_3x3")(x, train)
+        x = ConvBN(32, 3, cfg, padding=VALID, name="Conv2d_2a_3x3")(x, train)
         x = ConvBN(64, 3, cfg, name="Conv2d_2b_3x3")(x, train)
         # Mixed_3a, 73x73x160: [max pool 3x3/2] [3x3/2 96].
-        b1 = ConvBN(96, 3, cfg, strides=2, padding=V, name="Mixed_3a_branch1_0")(x, train)
+        b1 = ConvBN(96, 3, cfg, strides=2, padding=VALID, name="Mixed_3a_branch1_0")(x, train)
         x = jnp.concatenate([max_pool_3x3_s2(x, cfg), b1], axis=-1)
         # Mixed_4a, 71x71x192: [1x1 64 -> 3x3 96] [1x1 64 -> 1x7 64 -> 7x1 64 -> 3x3 96].
         b0 = ConvBN(64, 1, cfg, name="Mixed_4a_branch0_0")(x, train)
-        b0 = ConvBN(96, 3, cfg, padding=V, name="Mixed_4a_branch0_1")(b0, train)
+        b0 = ConvBN(96, 3, cfg, padding=VALID, name="Mixed_4a_branch0_1")(b0, train)
         b1 = ConvBN(64, 1, cfg, name="Mixed_4a_branch1_0")(x, train)
         b1 = ConvBN(64, (1, 7), cfg, name="Mixed_4a_branch1_1")(b1, train)
         b1 = ConvBN(64, (7, 1), cfg, name="Mixed_4a_branch1_2")(b1, train)
-        b1 = ConvBN(96, 3, cfg, padding=V, name="Mixed_4a_branch1_3")(b1, train)
+        b1 = ConvBN(96, 3, cfg, padding=VALID, name="Mixed_4a_branch1_3")(b1, train)
         x = jnp.concatenate([b0, b1], axis=-1)
         # Mixed_5a, 35x35x384: [3x3/2 192] [max pool 3x3/2].
-        b0 = ConvBN(192, 3, cfg, strides=2, padding=V, name="Mixed_5a_branch0_0")(x, train)
+        b0 = ConvBN(192, 3, cfg, strides=2, padding=VALID, name="Mixed_5a_branch0_0")(x, train)
         return jnp.concatenate([b0, max_pool_3x3_s2(x, cfg)], axis=-1)
 
 
@@ -86,10 +85,10 @@ class ReductionA(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         cfg = self.cfg
-        b0 = ConvBN(self.n, 3, cfg, strides=2, padding=V, name="branch0_0")(x, train)
+        b0 = ConvBN(self.n, 3, cfg, strides=2, padding=VALID, name="branch0_0")(x, train)
         b1 = ConvBN(self.k, 1, cfg, name="branch1_0")(x, train)
         b1 = ConvBN(self.l, 3, cfg, name="branch1_1")(b1, train)
-        b1 = ConvBN(self.m, 3, cfg, strides=2, padding=V, name="branch1_2")(b1, train)
+        b1 = ConvBN(self.m, 3, cfg, strides=2, padding=VALID, name="branch1_2")(b1, train)
         return jnp.concatenate([b0, b1, max_pool_3x3_s2(x, cfg)], axis=-1)
 
 
@@ -127,11 +126,11 @@ class ReductionB(nn.Module):
         cfg = self.cfg
         (a0, a1), (b0, b1, b2, b3) = self.widths
         b = ConvBN(a0, 1, cfg, name="branch0_0")(x, train)
-        b = ConvBN(a1, 3, cfg, strides=2, padding=V, name="branch0_1")(b, train)
+        b = ConvBN(a1, 3, cfg, strides=2, padding=VALID, name="branch0_1")(b, train)
         c = ConvBN(b0, 1, cfg, name="branch1_0")(x, train)
         c = ConvBN(b1, (1, 7), cfg, name="branch1_1")(c, train)
         c = ConvBN(b2, (7, 1), cfg, name="branch1_2")(c, train)
-        c = ConvBN(b3, 3, cfg, strides=2, padding=V, name="branch1_3")(c, train)
+        c = ConvBN(b3, 3, cfg, strides=2, padding=VALID, name="branch1_3")(c, train)
         return jnp.concatenate([b, c, max_pool_3x3_s2(x, cfg)], axis=-1)
 
 
@@ -182,9 +181,3 @@ class InceptionV4(InceptionNet):
         for i in range(num_c):
             x = InceptionC(cfg, name=f"InceptionC_{i}")(x, train)
         return x
-
-
-def check_num_blocks(num_blocks: tuple[int, ...]) -> None:
-    """Raises ValueError unless num_blocks is three non-negative counts (A, B, C)."""
-    if len(tuple(num_blocks)) != 3 or any(not isinstance(n, int) or n < 0 for n in num_blocks):
-        raise ValueError(f"num_blocks must be three non-negative ints (A, B, C), got {num_blocks!r}")

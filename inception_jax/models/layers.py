@@ -19,6 +19,7 @@ from inception_jax import ops
 kernel_init = nn.initializers.variance_scaling(2.0, "fan_in", "truncated_normal")
 
 Padding = str | Sequence[tuple[int, int]]
+VALID = "VALID"  # the convs and pools the paper's figures mark "V" (no padding); the rest are SAME
 Kernel = int | tuple[int, int]
 
 

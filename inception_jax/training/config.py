@@ -3,10 +3,12 @@ message naming the field before anything is compiled. The files in `configs/` st
 
 from __future__ import annotations
 
+import dataclasses
+
 import ml_collections
 
 from inception_jax import data, models
-from inception_jax.training import optim
+from inception_jax.training import optim, sharding
 
 MODES = ("train", "train_and_evaluate", "evaluate")
 BN_STATISTICS = ("global", "per_device")
@@ -24,25 +26,28 @@ def load_config_file(path: str) -> ml_collections.ConfigDict:
     return module.get_config()
 
 
+# The network fields every config holds; their defaults are the networks' (model_defaults).
+MODEL_FIELDS = ("aux_logits", "dropout_rate", "depth_multiplier", "min_depth", "bn_momentum", "bn_epsilon", "bn_scale",
+                "dtype", "remat", "ops")  # fmt: skip
+
+
+def model_defaults() -> dict[str, object]:
+    """The defaults of MODEL_FIELDS as the networks state them, the compute dtype as its name."""
+    defaults = {f.name: f.default for f in dataclasses.fields(models.InceptionNet) if f.name in MODEL_FIELDS}
+    defaults["dtype"] = next(name for name, dtype in models.DTYPES.items() if dtype == defaults["dtype"])
+    return defaults
+
+
 def default_config() -> ml_collections.ConfigDict:
     """The paper's recipe (its §3.4; README, Train) for Inception-v3 on ImageNet at 299x299; experiments override
     fields."""
     c = ml_collections.ConfigDict()
     c.mode = "train_and_evaluate"
 
-    # Network fields (models.create); an experiment may add residual_scales, variant, num_blocks, ...
-    c.model = ml_collections.ConfigDict()
-    c.model.name = "inception_v3"
-    c.model.aux_logits = True
-    c.model.dropout_rate = 0.2  # keep probability 0.8
-    c.model.depth_multiplier = 1.0
-    c.model.min_depth = 16
-    c.model.bn_momentum = 0.9997
-    c.model.bn_epsilon = 1e-3
-    c.model.bn_scale = False  # TF-slim: no gamma before a ReLU
-    c.model.dtype = "float32"  # compute dtype; "bfloat16" = mixed precision, weights stay float32
-    c.model.remat = False  # per-block rematerialisation: 7-14x fewer activations kept, blocks' forward run twice
-    c.model.ops = "auto"  # the primitive ops: CPU kernels on the CPU, the reference elsewhere (or "reference", "cpu")
+    # Network fields (models.create), with the networks' own defaults (models.InceptionNet documents each) except
+    # for the aux head, which the paper's recipe trains with; an experiment may add residual_scales, variant,
+    # num_blocks, ...
+    c.model = ml_collections.ConfigDict({"name": "inception_v3", **model_defaults(), "aux_logits": True})
 
     c.dataset = data.default_dataset_config()
     c.dataset.name = "imagenet2012"
@@ -83,7 +88,7 @@ def default_config() -> ml_collections.ConfigDict:
     # "per_device": each device's rows normalised on their own, as TF's replicas did; no BN collectives.
     c.bn_statistics = "global"
     c.fsdp = False  # shard weights and optimiser state over the devices too (large models / batches)
-    c.fsdp_min_size = 2**14  # arrays with fewer elements stay replicated under FSDP
+    c.fsdp_min_size = sharding.FSDP_MIN_SIZE  # arrays with fewer elements stay replicated under FSDP
 
     c.seed = 0
     c.log_every_steps = 100
@@ -128,11 +133,10 @@ def eval_batch_size(config: ml_collections.ConfigDict) -> int:
     return int(config.eval_batch_size or config.batch_size)
 
 
-def validate(
-    config: ml_collections.ConfigDict, *, device_count: int, process_count: int = 1
-) -> data.DatasetInfo:
-    """Raises ValueError naming the first bad field; returns the data set's info. Cheap: reads no examples and
-    compiles nothing. (Model fields are checked by `state.create_model`.)"""
+def validate(config: ml_collections.ConfigDict, *, device_count: int, process_count: int = 1) -> data.Source:
+    """Raises ValueError naming the first bad field; returns the data set, opened (its `info` says what it holds),
+    for the run to read from: a run opens its data set once. Cheap: the fields are checked before the data set is
+    opened, no example is read and nothing is compiled. (Model fields are checked by `state.create_model`.)"""
     _check_keys(config, default_config(), "", open_sections=("model",))
 
     def need(ok: bool, field: str, why: str) -> None:
@@ -180,16 +184,17 @@ def validate(
     need(config.nan_policy in NAN_POLICIES, "nan_policy", f"must be one of {NAN_POLICIES}")
     need(isinstance(config.nan_max_skips, int) and config.nan_max_skips >= 1, "nan_max_skips", "must be an int >= 1")
     try:
-        info = data.get_info(config.dataset)
+        source = data.open_source(config.dataset)
     except data.BadImageError:  # names the files, which is what matters
         raise
     except Exception as error:  # the data package's own errors name the problem; say which field led there
         raise ValueError(f"config field dataset.name ({config.dataset.name!r}): {error}") from error
+    info = source.info
     train_examples = info.num_examples.get(info.train_split, 0)
     if config.mode != "evaluate" or recalibration:
         need(train_examples >= config.batch_size, "batch_size",
              f"must be at most the {train_examples} examples of {info.name}:{info.train_split}")
-    return info
+    return source
 
 
 # --- the workdir's config on resume ----------------------------------------------------------------------------------

@@ -6,8 +6,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
-import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -18,13 +16,24 @@ from absl import logging
 from jax.sharding import Mesh
 
 from inception_jax import data
-from inception_jax.training import bn_recalibration, optim, sharding, steps
+from inception_jax.training import bn_recalibration, optim, plots, sharding, steps
 from inception_jax.training import config as config_lib
 from inception_jax.training import metrics as metrics_lib
 from inception_jax.training.checkpoints import Checkpointer, saved_steps
+from inception_jax.training.guard import NonFiniteError, NonFiniteGuard
+from inception_jax.training.preemption import Preemption
+from inception_jax.training.progress import ProgressBar
 from inception_jax.training.state import TrainState, create_model, create_train_state
 
 StepCallback = Callable[[int, TrainState], None]
+__all__ = ["Experiment", "NonFiniteError", "evaluate", "evaluate_variables", "is_time", "recalibrate_batchnorm",
+           "restore_variables", "statistics_note", "train_and_evaluate"]  # fmt: skip
+
+
+def is_time(step: int, every: int, total: int) -> bool:
+    """Whether something done every `every` steps (0: never but at the end) is due after `step`: at its multiples
+    and at the last step, `total` (big_vision's `itstime`)."""
+    return step == total or (every > 0 and step % every == 0)
 
 
 class Experiment:
@@ -32,8 +41,11 @@ class Experiment:
     the state's shardings. Building it compiles nothing."""
 
     def __init__(self, config: ml_collections.ConfigDict, mesh: Mesh | None = None):
+        self.config = config
         self.mesh = mesh or sharding.make_mesh()
-        self.info = config_lib.validate(config, device_count=self.mesh.devices.size, process_count=jax.process_count())
+        self.source = config_lib.validate(config, device_count=self.mesh.devices.size,
+                                          process_count=jax.process_count())  # fmt: skip
+        self.info = self.source.info
         self.model = create_model(config, self.info.num_classes)
         self.steps_per_epoch = self.info.num_examples[self.info.train_split] // config.batch_size
         self.total_steps = config_lib.num_train_steps(config, self.steps_per_epoch)
@@ -63,10 +75,6 @@ class Experiment:
         self.statistics_step = jax.jit(bn_recalibration.make_statistics_step(self.model),
                                        in_shardings=(variables_shardings, data_sharding, bn_shardings),
                                        out_shardings=bn_shardings)
-
-
-class NonFiniteError(RuntimeError):
-    """Training met a non-finite loss or gradient norm (nan_policy "stop", or too many skips in a row)."""
 
 
 def check_resume_config(config: ml_collections.ConfigDict, workdir: str) -> None:
@@ -108,7 +116,8 @@ def recalibrate_batchnorm(experiment: Experiment, config: ml_collections.ConfigD
     """`variables` with BatchNorm statistics recomputed over `config.bn_recalibration_batches` global training
     batches (the training order from step 0, the evaluation's preprocessing); `variables` itself is not changed."""
     batches = data.make_iterator(config.dataset, split=experiment.info.train_split, image_size=config.image_size,
-                                 global_batch_size=config.batch_size, train=True, augment=False, seed=config.seed)
+                                 global_batch_size=config.batch_size, train=True, augment=False, seed=config.seed,
+                                 source=experiment.source)  # fmt: skip
     on_mesh = (sharding.global_batch(batch, experiment.mesh) for batch in batches)
     return bn_recalibration.recalibrate(experiment.statistics_step, variables, on_mesh,
                                         config.bn_recalibration_batches)
@@ -122,7 +131,8 @@ def evaluate_variables(experiment: Experiment, config: ml_collections.ConfigDict
     if recalibration:
         variables = recalibrate_batchnorm(experiment, config, variables)
     batches = data.make_iterator(config.dataset, split=experiment.info.eval_split, image_size=config.image_size,
-                                 global_batch_size=config_lib.eval_batch_size(config), train=False, seed=config.seed)
+                                 global_batch_size=config_lib.eval_batch_size(config), train=False, seed=config.seed,
+                                 source=experiment.source)  # fmt: skip
     totals = {"loss": 0.0, "top1": 0.0, "top5": 0.0, "count": 0.0}
     for batch in batches:
         sums = jax.device_get(experiment.eval_step(variables, sharding.global_batch(batch, experiment.mesh)))
@@ -141,27 +151,23 @@ def statistics_note(results: dict) -> str:
     return f", BN statistics recalibrated over {batches} batches" if batches else ""
 
 
-class _Preemption:
-    """Catches SIGTERM in a single process and asks the loop to checkpoint and stop. With several processes
-    jax.distributed's own preemption notifier takes the signal and the loop asks the checkpointer at every step,
-    so all processes stop at the same step."""
+def _checkpoint_meta(config: ml_collections.ConfigDict, step: int, total_steps: int) -> dict:
+    """What a checkpoint records beside the state: where the data stream stands (a pure function of the step)."""
+    return {"step": step, "data_position": step, "seed": int(config.seed), "total_steps": total_steps}
 
-    def __init__(self) -> None:
-        self.requested = False
-        self._previous = None
 
-    def __enter__(self) -> _Preemption:
-        if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
-        return self
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        logging.warning("SIGTERM: saving a checkpoint at the end of this step, then stopping")
-        self.requested = True
-
-    def __exit__(self, *exc: Any) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
+def _evaluate_and_record(experiment: Experiment, config: ml_collections.ConfigDict, variables: dict, step: int,
+                         writer: metrics_lib.MetricWriter, before_log: Callable[[], None]) -> dict[str, float]:
+    """`evaluate_variables`, timed, written to the metrics and logged."""
+    t0 = time.perf_counter()
+    results = evaluate_variables(experiment, config, variables)
+    results["seconds"] = time.perf_counter() - t0
+    writer.write(step, "eval", results)
+    before_log()
+    logging.info("eval at step %d: top-1 %.2f%%  top-5 %.2f%%  loss %.4f  (%d examples, %.1f s%s)", step,
+                 100 * results["top1"], 100 * results["top5"], results["loss"], results["num_examples"],
+                 results["seconds"], statistics_note(results))  # fmt: skip
+    return results
 
 
 @contextlib.contextmanager
@@ -181,18 +187,20 @@ def train_and_evaluate(
     workdir: str,
     *,
     mesh: Mesh | None = None,
+    experiment: Experiment | None = None,
     step_callback: StepCallback | None = None,
 ) -> dict[str, Any]:
     """Trains (resuming from `workdir/checkpoints` when it holds a checkpoint) until the configured number of
     steps, evaluating every `eval_every_steps` and at the end when `config.mode` is train_and_evaluate.
+    `experiment`: the config's, already built (and its config validated), else built here on `mesh`.
 
     `step_callback(step, state)` runs after every step (profilers, tests). Returns a summary: final step, eval
     metrics, throughput, whether the run was preempted.
     """
     check_resume_config(config, workdir)
-    experiment = Experiment(config, mesh)
+    experiment = experiment or Experiment(config, mesh)
     evaluate_too = config.mode == "train_and_evaluate"
-    kept = config.model.get("bn_momentum", 0.9997) ** experiment.total_steps
+    kept = config.model.bn_momentum ** experiment.total_steps
     if kept > 0.05:
         logging.warning("BN moving averages (model.bn_momentum %s) still hold %.0f%% of their initial values after "
                         "%d steps: evaluation will suffer; lower model.bn_momentum for short runs",
@@ -210,22 +218,33 @@ def train_and_evaluate(
                      checkpointer.directory)
     start = int(jax.device_get(state.step))
     writer = metrics_lib.MetricWriter(workdir)
-    bar = metrics_lib.ProgressBar(experiment.total_steps, start=start)
+    bar = ProgressBar(experiment.total_steps, start=start)
     summary: dict[str, Any] = {"step": start, "preempted": False, "total_steps": experiment.total_steps}
+    window = metrics_lib.TrainWindow(config.batch_size)
 
-    def meta(step: int) -> dict:
-        return {"step": step, "data_position": step, "seed": int(config.seed), "total_steps": experiment.total_steps}
+    def stop_on_non_finite(step: int, metrics: dict) -> str:
+        writer.write(step, "train", metrics)  # the step that stopped the run, for whoever reads metrics.jsonl
+        checkpointer.wait()
+        good = checkpointer.latest_step()
+        return (f"the last good checkpoint is step {good} ({checkpointer.path(good)}); rerunning resumes from it"
+                if good is not None else "no checkpoint was saved before it")  # fmt: skip
+
+    def show(step: int, record: dict | None) -> None:
+        if step == start + 1:  # the first step compiled: the rate and ETA count from here
+            bar.restart(step)
+        if record is not None:
+            speed = f" {record['images_per_sec']:.1f} img/s" if "images_per_sec" in record else ""
+            bar.extra = f"loss {record['loss']:.3f} acc {record['accuracy']:.3f}{speed}"
+        bar.update(step)
+
+    guard = NonFiniteGuard(config.nan_policy, config.nan_max_skips, stop_on_non_finite, before_warning=bar.clear)
+    step_metrics = metrics_lib.StepMetrics(window, writer, guard.check, show, log_every=config.log_every_steps,
+                                           total_steps=experiment.total_steps,
+                                           steps_per_epoch=experiment.steps_per_epoch)  # fmt: skip
 
     def run_eval(step: int) -> dict[str, float]:
-        t0 = time.perf_counter()
         ema = config.eval_with_ema and config.ema_decay > 0
-        results = evaluate_variables(experiment, config, state.variables(ema=ema))
-        results["seconds"] = time.perf_counter() - t0
-        writer.write(step, "eval", results)
-        bar.clear()
-        logging.info("eval at step %d: top-1 %.2f%%  top-5 %.2f%%  loss %.4f  (%d examples, %.1f s%s)", step,
-                     100 * results["top1"], 100 * results["top5"], results["loss"], results["num_examples"],
-                     results["seconds"], statistics_note(results))
+        results = _evaluate_and_record(experiment, config, state.variables(ema=ema), step, writer, bar.clear)
         summary.update({f"eval_{k}": v for k, v in results.items()})
         return results
 
@@ -233,76 +252,24 @@ def train_and_evaluate(
     if start < experiment.total_steps:
         batches = data.make_iterator(config.dataset, split=experiment.info.train_split, image_size=config.image_size,
                                      global_batch_size=config.batch_size, train=True, seed=config.seed,
-                                     start_step=start)
-    window = metrics_lib.TrainWindow(config.batch_size)
-    pending = None  # (step, metrics) of the step in flight: read after the next one is dispatched
-    skips = {"in_a_row": 0, "total": 0}
-
-    def check_finite(step: int, metrics: dict) -> None:
-        """The host side of the non-finite guard, on metrics it reads anyway: the step's update was dropped on
-        the device; stop (nan_policy "stop", or nan_max_skips in a row) or count it."""
-        if not metrics["skipped"]:
-            skips["in_a_row"] = 0
-            return
-        skips["in_a_row"] += 1
-        skips["total"] += 1
-        what = (f"non-finite loss {float(metrics['loss']):.4g} / gradient norm {float(metrics['grad_norm']):.4g} / "
-                f"weight norm {float(metrics['param_norm']):.4g} at step {step}")
-        if config.nan_policy == "skip" and skips["in_a_row"] < config.nan_max_skips:
-            bar.clear()
-            logging.warning("%s: update skipped (%d in a row, %d in all; nan_max_skips %d)", what,
-                            skips["in_a_row"], skips["total"], config.nan_max_skips)
-            return
-        why = ("nan_policy=stop" if config.nan_policy == "stop"
-               else f"{skips['in_a_row']} skipped steps in a row, nan_max_skips={config.nan_max_skips}")
-        writer.write(step, "train", metrics)  # the step that stopped the run, for whoever reads metrics.jsonl
-        checkpointer.wait()
-        good = checkpointer.latest_step()
-        last = (f"the last good checkpoint is step {good} ({checkpointer.path(good)}); rerunning resumes from it"
-                if good is not None else "no checkpoint was saved before it")
-        advice = "set nan_policy=skip to drop such steps" if config.nan_policy == "stop" else "raise nan_max_skips"
-        raise NonFiniteError(f"{what} ({why}): stopped without saving; {last}. Lower learning_rate, or {advice}")
-
-    def finish_pending() -> None:
-        nonlocal pending
-        if pending is None:
-            return
-        step, device_metrics = pending
-        pending = None
-        host_metrics = jax.device_get(device_metrics)
-        check_finite(step, host_metrics)
-        window.add(host_metrics)
-        if step == start + 1:  # the first step compiled: the rate and ETA count from here
-            bar.restart(step)
-        if step % config.log_every_steps == 0 or step == experiment.total_steps:
-            record = window.flush()
-            record["epoch"] = step / experiment.steps_per_epoch
-            writer.write(step, "train", record)
-            speed = f" {record['images_per_sec']:.1f} img/s" if "images_per_sec" in record else ""
-            bar.extra = f"loss {record['loss']:.3f} acc {record['accuracy']:.3f}{speed}"
-        bar.update(step)
-
+                                     start_step=start, source=experiment.source)  # fmt: skip
+    total = experiment.total_steps
     t_start = time.perf_counter()
     step = start
-    with _Preemption() as preemption, _closing(checkpointer, writer):
-        while step < experiment.total_steps:
-            batch = sharding.global_batch(next(batches), experiment.mesh)
-            state, device_metrics = experiment.train_step(state, batch)
-            finish_pending()
+    with Preemption() as preemption, _closing(checkpointer, writer):
+        while step < total:
+            state, device_metrics = experiment.train_step(state, sharding.global_batch(next(batches), experiment.mesh))
             step += 1
-            pending = (step, device_metrics)
+            step_metrics.push(step, device_metrics)  # reads the previous step's, now computed
             if step_callback is not None:
                 step_callback(step, state)
-            last = step == experiment.total_steps
             preempted = preemption.requested or checkpointer.reached_preemption(step)
-            evaluate_now = evaluate_too and (last or (config.eval_every_steps and step % config.eval_every_steps == 0))
-            periodic = config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0
-            if evaluate_now or periodic or last or preempted:
-                finish_pending()  # and the non-finite check of the step about to be saved
+            evaluate_now = evaluate_too and is_time(step, config.eval_every_steps, total)
+            if evaluate_now or preempted or is_time(step, config.checkpoint_every_steps, total):
+                step_metrics.flush()  # and the non-finite check of the step about to be saved
                 paused = time.perf_counter()  # evaluations and checkpoint copies are not training time
-                results = run_eval(step) if evaluate_now else None
-                metrics = {"top1": results["top1"]} if results is not None else None
-                checkpointer.save(step, state, meta(step), metrics=metrics, force=True)
+                metrics = {"top1": run_eval(step)["top1"]} if evaluate_now else None
+                checkpointer.save(step, state, _checkpoint_meta(config, step, total), metrics=metrics, force=True)
                 window.pause(time.perf_counter() - paused)
             if preempted:
                 summary["preempted"] = True
@@ -310,39 +277,49 @@ def train_and_evaluate(
                 logging.warning("preempted at step %d: checkpoint saved in %s; rerun the same command to resume",
                                 step, checkpointer.directory)
                 break
-        finish_pending()
+        step_metrics.flush()
         bar.close(step)
         checkpointer.wait()
-        if evaluate_too and start >= experiment.total_steps and "eval_top1" not in summary:
+        if evaluate_too and start >= total and "eval_top1" not in summary:
             run_eval(step)  # nothing left to train: report the finished run's accuracy
         writer.flush()
         summary.update(step=step, wall_seconds=time.perf_counter() - t_start, best_step=checkpointer.best_step(),
-                       skipped_steps=skips["total"])
+                       skipped_steps=guard.total)
         if window.timed_steps:
             summary.update(images_per_sec=window.images_per_sec, timed_steps=window.timed_steps)
         if jax.process_index() == 0 and os.path.exists(writer.path):
             with contextlib.suppress(Exception):  # a plot is a nicety; never lose a finished run over it
-                summary["plot"] = metrics_lib.plot_curves(writer.path, os.path.join(workdir, metrics_lib.PLOT))
+                summary["plot"] = plots.plot_curves(writer.path, os.path.join(workdir, plots.PLOT))
     if jax.process_index() == 0:
         with open(os.path.join(workdir, "summary.json"), "w") as f:
             json.dump(summary, f, indent=2, default=float)
     return summary
 
 
-def evaluate(config: ml_collections.ConfigDict, workdir: str, *, mesh: Mesh | None = None) -> dict[str, Any]:
+def restore_variables(experiment: Experiment, workdir: str, which: str = "latest",
+                      ema: bool = True) -> tuple[dict, int]:  # fmt: skip
+    """({'params', 'batch_stats'}, step) of a workdir's checkpoint: `which` "latest" (the newest that restores; a
+    damaged one is reported and left where it is) or "best" (by eval top-1), the moving-average weights if `ema`."""
+    checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), keep=experiment.config.keep_checkpoints)
+    step = checkpointer.best_step() if which == "best" else None
+    if step is None and (which == "best" or checkpointer.latest_step() is None):
+        raise FileNotFoundError(f"no {which} checkpoint in {checkpointer.directory}")
+    try:
+        state, meta = checkpointer.restore(experiment.abstract_state, step, move_damaged=False)
+    finally:
+        checkpointer.close()
+    return state.variables(ema=ema), meta["step"]
+
+
+def evaluate(config: ml_collections.ConfigDict, workdir: str, *, mesh: Mesh | None = None,
+             experiment: Experiment | None = None) -> dict[str, Any]:
     """Evaluates the latest (or, with eval_checkpoint="best", the best) checkpoint in `workdir` on the eval split,
-    with the moving-average weights unless eval_with_ema is off."""
+    with the moving-average weights unless eval_with_ema is off. `experiment` as for `train_and_evaluate`."""
     check_resume_config(config, workdir)
-    experiment = Experiment(config, mesh)
-    checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints)
-    step = checkpointer.best_step() if config.eval_checkpoint == "best" else None
-    if step is None and (config.eval_checkpoint == "best" or checkpointer.latest_step() is None):
-        raise FileNotFoundError(f"no {config.eval_checkpoint} checkpoint in {checkpointer.directory}")
-    # latest: the newest that restores (a damaged one is reported and left where it is)
-    state, meta = checkpointer.restore(experiment.abstract_state, step, move_damaged=False)
-    step = meta["step"]
-    checkpointer.close()
-    results = evaluate_variables(experiment, config, state.variables(ema=config.eval_with_ema and config.ema_decay > 0))
+    experiment = experiment or Experiment(config, mesh)
+    variables, step = restore_variables(experiment, workdir, config.eval_checkpoint,
+                                        ema=config.eval_with_ema and config.ema_decay > 0)  # fmt: skip
+    results = evaluate_variables(experiment, config, variables)
     results["step"] = step
     writer = metrics_lib.MetricWriter(workdir)
     writer.write(step, "eval", results)

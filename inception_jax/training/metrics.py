@@ -1,20 +1,23 @@
-"""Where the numbers go: TensorBoard events and `metrics.jsonl` in the workdir, a progress line on the console, and
-a PNG of the curves at the end. Only process 0 writes."""
+"""Where the numbers go: `metrics.jsonl` and TensorBoard events in the workdir (only process 0 writes), the
+averaging of per-step training metrics between log lines, and the one-step-late reading of a step's metrics. The
+console line is `progress`, the PNG `plots`.
+
+Not clu's metric writers (flax's examples use them): clu is not a dependency here, and its TensorBoard writer
+imports TensorFlow, which must load after the input pipeline's own imports (`data/_tf.py`).
+"""
 
 from __future__ import annotations
 
 import json
 import os
 import socket
-import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import jax
-from absl import logging
 
 JSONL = "metrics.jsonl"
-PLOT = "curves.png"
 
 
 class MetricWriter:
@@ -115,105 +118,34 @@ def read_jsonl(path: str) -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
-def _fmt_duration(seconds: float) -> str:
-    seconds = int(max(0, seconds))
-    h, rest = divmod(seconds, 3600)
-    return f"{h}:{rest // 60:02d}:{rest % 60:02d}" if h else f"{rest // 60:02d}:{rest % 60:02d}"
+class StepMetrics:
+    """Reads each step's metrics one step late: `push(step, device_metrics)` right after dispatching a step reads
+    the previous one's (by then computed, so the host never waits on the device it just fed), checks it with
+    `check(step, metrics)`, adds it to the averaging window and logs a window every `log_every` steps and at the
+    last step. `flush()` reads the one still in flight (before an evaluation, a checkpoint, the end)."""
 
+    def __init__(self, window: TrainWindow, writer: MetricWriter, check: Callable[[int, Mapping], None],
+                 on_logged: Callable[[int, dict], None], *, log_every: int, total_steps: int,
+                 steps_per_epoch: int) -> None:  # fmt: skip
+        self.window, self.writer, self.check, self.on_logged = window, writer, check, on_logged
+        self.log_every, self.total_steps, self.steps_per_epoch = log_every, total_steps, steps_per_epoch
+        self._pending: tuple[int, Any] | None = None
 
-class ProgressBar:
-    """`[####....] step/total  rate  ETA  extra` — redrawn in place on a terminal (at most every `interval` s),
-    a plain log line every `log_interval` s otherwise, so files and CI logs stay readable."""
+    def push(self, step: int, device_metrics: Any) -> None:
+        self.flush()
+        self._pending = (step, device_metrics)
 
-    def __init__(self, total: int, start: int = 0, interval: float = 0.5, log_interval: float = 30.0,
-                 enabled: bool | None = None, stream=None):
-        self.total, self.start = total, start
-        self.enabled = jax.process_index() == 0 if enabled is None else enabled
-        self.stream = stream or sys.stderr
-        self.tty = self.stream.isatty()
-        self.interval = interval if self.tty else log_interval
-        self._t0 = time.monotonic()
-        self._last = -float("inf")
-        self.extra = ""
-
-    def restart(self, step: int) -> None:
-        """Measure the rate from here (after the first step, so that compilation does not skew the ETA)."""
-        self.start, self._t0 = step, time.monotonic()
-
-    def clear(self) -> None:
-        """Wipes the in-place line so that a log message can be printed cleanly."""
-        if self.enabled and self.tty:
-            self.stream.write("\r" + " " * 110 + "\r")
-            self.stream.flush()
-
-    def line(self, step: int) -> str:
-        done = step - self.start
-        elapsed = time.monotonic() - self._t0
-        rate = done / elapsed if elapsed > 0 and done > 0 else 0.0
-        eta = (self.total - step) / rate if rate > 0 else float("nan")
-        frac = step / self.total if self.total else 1.0
-        bar = "#" * int(25 * frac) + "." * (25 - int(25 * frac))
-        eta_text = _fmt_duration(eta) if rate > 0 else "--:--"
-        return (f"[{bar}] {step}/{self.total} {rate:.2f} steps/s elapsed {_fmt_duration(elapsed)} "
-                f"ETA {eta_text} {self.extra}").rstrip()
-
-    def update(self, step: int, force: bool = False) -> None:
-        if not self.enabled:
+    def flush(self) -> None:
+        if self._pending is None:
             return
-        now = time.monotonic()
-        if not force and now - self._last < self.interval:
-            return
-        self._last = now
-        if self.tty:
-            self.stream.write("\r" + self.line(step).ljust(110)[:160])
-            self.stream.flush()
-        else:
-            logging.info("%s", self.line(step))
-
-    def close(self, step: int) -> None:
-        self.update(step, force=True)
-        if self.enabled and self.tty:
-            self.stream.write("\n")
-            self.stream.flush()
-
-
-def plot_curves(jsonl_path: str, png_path: str) -> str:
-    """Training loss, train/eval accuracy, learning rate and throughput against the step, as one PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    by_split: dict[str, dict[int, dict]] = {}
-    for record in read_jsonl(jsonl_path):
-        by_split.setdefault(record["split"], {})[record["step"]] = record
-    train = [by_split.get("train", {})[s] for s in sorted(by_split.get("train", {}))]
-    evals = [by_split.get("eval", {})[s] for s in sorted(by_split.get("eval", {}))]
-
-    def series(records: list[dict], key: str) -> tuple[list, list]:
-        points = [(r["step"], r[key]) for r in records if key in r]
-        return [p[0] for p in points], [p[1] for p in points]
-
-    fig, axes = plt.subplots(2, 2, figsize=(11, 7))
-    ax = axes[0, 0]
-    ax.plot(*series(train, "loss"), label="train loss")
-    ax.plot(*series(evals, "loss"), "o-", label="eval loss")
-    ax.set_title("loss")
-    ax = axes[0, 1]
-    ax.plot(*series(train, "accuracy"), label="train top-1 (dropout on)")
-    ax.plot(*series(evals, "top1"), "o-", label="eval top-1")
-    ax.plot(*series(evals, "top5"), "s--", label="eval top-5")
-    ax.set_title("accuracy")
-    axes[1, 0].plot(*series(train, "learning_rate"))
-    axes[1, 0].set_title("learning rate")
-    axes[1, 1].plot(*series(train, "images_per_sec"))
-    axes[1, 1].set_title("images / s")
-    for ax in axes.flat:
-        ax.set_xlabel("step")
-        ax.grid(alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend()
-    fig.tight_layout()
-    fig.savefig(png_path, dpi=100)
-    plt.close(fig)
-    return png_path
+        step, device_metrics = self._pending
+        self._pending = None
+        metrics = jax.device_get(device_metrics)
+        self.check(step, metrics)
+        self.window.add(metrics)
+        record = None
+        if step % self.log_every == 0 or step == self.total_steps:
+            record = self.window.flush()
+            record["epoch"] = step / self.steps_per_epoch
+            self.writer.write(step, "train", record)
+        self.on_logged(step, record)

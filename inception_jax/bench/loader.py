@@ -1,8 +1,8 @@
 """Input-pipeline throughput with the full Inception training preprocessing, beside the PIL pipelines of timm and
 torchvision on the same JPEG files.
 
-    python -m inception_jax.data.bench [--num_images 256] [--image_size 299] [--seconds 8] [--rounds 3]
-                                       [--loaders timm,torchvision,grain,tfdata] [--noise 3]
+    python -m inception_jax.bench.loader [--num_images 256] [--image_size 299] [--seconds 8] [--rounds 3]
+                                         [--loaders timm,torchvision,grain,tfdata] [--noise 3]
 
 The JPEGs are made locally (ImageNet-like: 500x375 or 375x500, quality 90) from scikit-learn's two bundled photos,
 cropped, flipped and lightly noised so that no two are alike.
@@ -213,7 +213,7 @@ def main(argv: list[str] | None = None) -> dict:
         mean_kb = np.mean([os.path.getsize(p) for p in paths]) / 1024
         results = {}
         for name in loaders:
-            command = [sys.executable, "-m", "inception_jax.data.bench", "--worker", name, "--dir", directory,
+            command = [sys.executable, "-m", "inception_jax.bench.loader", "--worker", name, "--dir", directory,
                        *(f"--{k}={getattr(args, k)}" for k in ("num_images", "image_size", "batch_size", "seconds",
                                                                 "rounds"))]
             out = subprocess.run(command, check=True, capture_output=True, text=True).stdout

@@ -5,7 +5,7 @@ import os
 import pytest
 from PIL import Image
 
-from inception_jax.data import bench
+from inception_jax.bench import loader as bench
 
 
 def test_bench_jpegs_and_loaders(tmp_path):
