@@ -10,7 +10,7 @@ from helpers import relative_error
 from inception_jax import models, weights
 from inception_jax.weights import keras_applications
 
-pytestmark = pytest.mark.parity
+pytestmark = [pytest.mark.parity, pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")]
 APPLICATIONS = {"inception_v3": "InceptionV3", "inception_resnet_v2": "InceptionResNetV2"}
 
 

@@ -355,15 +355,18 @@ def load_keras_model(name: str, path: str | Path) -> Any:
 
 
 def _h5_classes(path: Path) -> int | None:
-    """The class count of the `predictions` layer a Keras weights file holds (None: saved without the top)."""
+    """The class count of the classifier a Keras weights file holds (None: saved without the top). Keras 3's
+    `.weights.h5` files name a layer's group by its class (`layers/dense`), Keras 2's `.h5` by the layer's name
+    (`predictions`); either way it is the only dense layer of these networks, and its bias is its only 1-D array."""
     import h5py
 
+    found: list[int] = []
+
+    def visit(key: str, item: Any) -> None:
+        dense = any(part == "predictions" or part.startswith("dense") for part in key.split("/"))
+        if dense and isinstance(item, h5py.Dataset) and item.ndim == 1:
+            found.append(int(item.shape[0]))
+
     with h5py.File(path, "r") as f:
-        found: list[int] = []
-
-        def visit(key: str, item: Any) -> None:
-            if "predictions" in key.split("/") and isinstance(item, h5py.Dataset) and item.ndim == 1:
-                found.append(int(item.shape[0]))
-
         f.visititems(visit)
     return found[0] if found else None
