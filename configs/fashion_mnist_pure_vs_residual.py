@@ -16,12 +16,13 @@ smoothing 0.1, gradient clipping 2.0, EMA evaluation), adapted to runs of a few 
 - no aux head (Inception-ResNet-v1 has none; the same for all four).
 Only fields all four networks have are set: each keeps its own block counts and residual scales.
 
-Measured on 2-core CPUs (training images/s over the run, evaluations excluded; training-loop wall time): Inception-v3
-328.8 img/s, 680 s; Inception-ResNet-v1 290.8, 760 s; Inception-v4 V4_FIGURES; Inception-ResNet-v2 IRV2_FIGURES.
-The Inception-v4 pair first ran on a machine half as fast, where its runs took 22 minutes each from start to commit
-(1,228 and 1,225 s of training loop; v4_pair_first_run/ keeps them). Each evaluation of the 10,000 test images with
-recalibration took 8-44 s. The width came from earlier measurements at 0.2x (v3 280, IR-v1 320, v4 190, IR-v2 170
-img/s).
+Measured on two 2-core CPUs (training images/s over the run, evaluations excluded; training-loop wall time; minutes
+from start to commit). The first machine: Inception-v3 328.8 img/s, 680 s, 12.1 min; Inception-ResNet-v1 290.8,
+760 s, 13.6 min; Inception-v4 and Inception-ResNet-v2 took 22 minutes each there (1,228 s partly beside a test run,
+1,225 s; v4_pair_first_run/ keeps those runs), past the limit. Rerun on a machine about twice as fast for these
+networks, both gave every evaluation's top-1 and top-5 exactly as before: Inception-v4 343.5 img/s, 625 s, 11.1 min;
+Inception-ResNet-v2 284.3, 769 s, 13.9 min. Each evaluation of the 10,000 test images with recalibration took 7-44 s.
+The width came from earlier measurements at 0.2x (v3 280, IR-v1 320, v4 190, IR-v2 170 img/s).
 
 Calibration, on the slowest-learning pure network (Inception-v4; 46% test error after a third of an epoch, where
 Inception-ResNet-v2 had 22%): 625 steps (a third of an epoch) of this recipe with one field changed, test top-1 at
