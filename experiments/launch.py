@@ -52,7 +52,9 @@ def read_run(workdir: Path) -> dict:
 
     Returns train/eval records (later records of a step win, as a resumed run appends), final and best eval
     top-1/top-5 (%), the first step with a non-finite loss (divergence), the first step whose `dead_fraction`
-    reaches DEAD_THRESHOLD (death), the last dead fraction, and steps per epoch.
+    reaches DEAD_THRESHOLD before any divergence (death), the first whose `dead_channels` (the fraction of the last
+    feature map's channels that are zero for the whole batch) reaches 1.0 before any divergence, the last values of
+    both, and steps per epoch.
     """
     path = Path(workdir) if Path(workdir).is_file() else Path(workdir) / "metrics.jsonl"  # or a copied metrics file
     if not path.exists():
@@ -66,7 +68,10 @@ def read_run(workdir: Path) -> dict:
     evals = [r for (split, _), r in sorted(by_key.items(), key=lambda kv: kv[0][1]) if split == "eval"]
     per_epoch = next((r["step"] / r["epoch"] for r in train if r.get("epoch")), None)
     diverged = next((r["step"] for r in train if not math.isfinite(r.get("loss", 0.0))), None)
-    died = next((r["step"] for r in train if r.get("dead_fraction", 0.0) >= DEAD_THRESHOLD), None)
+    # A death is one before any divergence: a run that stopped on a non-finite loss diverged, whatever its map held.
+    alive = [r for r in train if diverged is None or r["step"] < diverged]
+    died = next((r["step"] for r in alive if r.get("dead_fraction", 0.0) >= DEAD_THRESHOLD), None)
+    channels_died = next((r["step"] for r in alive if r.get("dead_channels", 0.0) >= 1.0), None)
     return {
         "workdir": str(workdir),
         "train": train,
@@ -78,6 +83,8 @@ def read_run(workdir: Path) -> dict:
         "diverged_step": diverged,
         "died_step": died,
         "last_dead_fraction": train[-1].get("dead_fraction") if train else None,
+        "channels_died_step": channels_died,
+        "last_dead_channels": train[-1].get("dead_channels") if train else None,
         "last_loss": train[-1].get("loss") if train else None,
     }
 

@@ -51,16 +51,18 @@ def summarize(root: Path, scales: list[float]) -> list[dict]:
     """Writes `sweep.md`, `sweep.json` and `sweep.png` under root; returns one row per scale."""
     rows = [{"scale": s, **read_run(run_dir(root, s))} for s in scales]
     lines = [
-        "| scale | final top-1 % | best top-1 % | final top-5 % | diverged at step | died at step | last dead frac. |",
-        "|---|---|---|---|---|---|---|",
+        "| scale | final top-1 % | best top-1 % | final top-5 % | diverged at step | died at step | last dead frac. "
+        "| all channels dead at step | last dead channels |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         if r.get("missing"):
-            lines.append(f"| {r['scale']:g} | not run | | | | | |")
+            lines.append(f"| {r['scale']:g} | not run | | | | | | | |")
             continue
         lines.append(
             f"| {r['scale']:g} | {fmt(r['final_top1'])} | {fmt(r['best_top1'])} | {fmt(r['final_top5'])} | "
-            f"{fmt(r['diverged_step'], 'd')} | {fmt(r['died_step'], 'd')} | {fmt(r['last_dead_fraction'], '.3f')} |"
+            f"{fmt(r['diverged_step'], 'd')} | {fmt(r['died_step'], 'd')} | {fmt(r['last_dead_fraction'], '.3f')} | "
+            f"{fmt(r['channels_died_step'], 'd')} | {fmt(r['last_dead_channels'], '.3f')} |"
         )
     (root / "sweep.md").write_text("\n".join(lines) + "\n")
     compact = [{k: v for k, v in r.items() if k not in ("train", "eval")} for r in rows]

@@ -121,6 +121,28 @@ def test_read_run_finds_death_and_divergence(tmp_path):
     assert runs.read_run(tmp_path / "missing")["missing"]
 
 
+def test_read_run_reports_a_divergence_as_such_not_as_a_death(tmp_path):
+    """A run that stopped on a non-finite loss diverged; all-dead channels logged at or after that step are not a
+    death. Channels that all die before it are, at the first step that reads 1.0."""
+    write_run(tmp_path / "a", [(3, 0.1, 0.5)], [0.5, 0.5, 1.0], [2.0, 1.5, float("nan")])
+    lines = (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()
+    records = [json.loads(line) for line in lines]
+    for record, channels in zip(records, [0.2, 0.5, 1.0, None], strict=True):
+        if channels is not None:
+            record["dead_channels"] = channels
+    (tmp_path / "a" / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    run = runs.read_run(tmp_path / "a")
+    assert run["diverged_step"] == 3 and run["died_step"] is None and run["channels_died_step"] is None
+    assert run["last_dead_channels"] == 1.0
+    write_run(tmp_path / "b", [(3, 0.1, 0.5)], [0.5, 0.5, 0.5], [2.0, 1.5, 1.4])
+    records = [json.loads(line) for line in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    for record, channels in zip(records, [0.9, 1.0, 1.0, None], strict=True):
+        if channels is not None:
+            record["dead_channels"] = channels
+    (tmp_path / "b" / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert runs.read_run(tmp_path / "b")["channels_died_step"] == 2
+
+
 def test_pure_vs_residual_table_and_plots(tmp_path):
     write_run(tmp_path / "inception_v3", [(10, 0.5, 0.9), (20, 0.6, 0.95)], [0.1] * 2, [1.0] * 2)
     write_run(tmp_path / "inception_resnet_v1", [(10, 0.7, 0.9), (20, 0.8, 0.99)], [0.1] * 2, [1.0] * 2)

@@ -181,6 +181,18 @@ def test_dead_fraction():
     assert float(models.dead_fraction(jnp.full((1, 3, 3, 2), 1e-30))) == 0.0
 
 
+def test_dead_channel_fraction_counts_channels_zero_for_the_whole_batch():
+    features = np.zeros((2, 3, 3, 4), np.float32)
+    features[1, 2, 0, 1] = 0.5  # channel 1 fires once, in one example
+    features[0, :, :, 3] = 1.0  # channel 3 fires everywhere in one example
+    assert float(models.dead_channel_fraction(jnp.asarray(features))) == 0.5  # channels 0 and 2
+    assert float(models.dead_channel_fraction(jnp.zeros((2, 8, 8, 16)))) == 1.0
+    # Mostly zeros is not dead: every channel fires somewhere (dead_fraction would read 0.99).
+    sparse = np.zeros((2, 10, 10, 3), np.float32)
+    sparse[0, 0, 0, :] = 1.0
+    assert float(models.dead_channel_fraction(jnp.asarray(sparse))) == 0.0
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["inception_v3", "inception_v4", "inception_resnet_v2"])
 def test_folded_batchnorm_computes_the_same_inference(name):

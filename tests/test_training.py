@@ -229,6 +229,27 @@ def test_per_device_bn_statistics_are_per_device_and_independent_of_sharding():
     assert max_leaf_relative_error(per_device.params, results["global"].params) > 1e-3
 
 
+def test_train_step_reads_a_network_whose_last_layer_is_zero_as_dead():
+    """The per-channel death figure through a real train step: the last conv unit's BN shift forced far below zero
+    leaves its ReLU all zeros, 1.0; the same network untouched reads below 1."""
+    from inception_jax import models
+    from inception_jax.training.state import create_train_state
+
+    model = models.create("inception_resnet_v2", depth_multiplier=0.1, min_depth=8, num_blocks=(1, 1, 1),
+                          aux_logits=False, num_classes=3)  # fmt: skip
+    tx = optax.sgd(0.0)
+    state = create_train_state(model, tx, jax.random.key(0), 75)
+    step = jax.jit(steps.make_train_step(model, lambda s: 0.0, ema_decay=0.0))
+    rng = np.random.default_rng(0)
+    batch = {"image": rng.uniform(-1, 1, (4, 75, 75, 3)).astype(np.float32), "label": np.arange(4) % 3}
+    _, alive = step(state, batch)
+    params = jax.tree.map(lambda x: x, state.params)
+    params["Conv2d_7b_1x1"]["bn"]["bias"] = jnp.full_like(params["Conv2d_7b_1x1"]["bn"]["bias"], -1e4)
+    _, dead = step(state.replace(params=params), batch)
+    assert float(alive["dead_channels"]) < 1.0 and float(dead["dead_channels"]) == 1.0
+    assert float(dead["dead_fraction"]) == 1.0
+
+
 def test_fsdp_spec_splits_large_arrays_only():
     assert sharding.fsdp_spec((3, 3, 64, 128), 8) == jax.sharding.PartitionSpec(None, None, None, "data")
     assert sharding.fsdp_spec((1536, 1000), 8) == jax.sharding.PartitionSpec("data", None)

@@ -13,7 +13,7 @@ from inception_jax.models.folding import fold_batchnorm
 from inception_jax.models.inception_resnet import VARIANTS, InceptionResNetV1, InceptionResNetV2
 from inception_jax.models.inception_v3 import InceptionV3
 from inception_jax.models.inception_v4 import InceptionV4
-from inception_jax.models.network import MIN_INPUT_SIZE, InceptionNet, dead_fraction
+from inception_jax.models.network import MIN_INPUT_SIZE, InceptionNet, dead_channel_fraction, dead_fraction
 
 REGISTRY: dict[str, type[InceptionNet]] = {
     "inception_v3": InceptionV3,
@@ -103,6 +103,7 @@ __all__ = [
     "check_name",
     "count_params",
     "create",
+    "dead_channel_fraction",
     "dead_fraction",
     "direct_flops",
     "fold_batchnorm",

@@ -2,7 +2,7 @@
 
 Both follow the schema of Fig. 15: stem, A blocks, Reduction-A, B blocks, Reduction-B, C blocks. The residual
 blocks share one pattern (`InceptionResNetBlock`); the two networks differ in their stems and in the widths of
-their blocks (`ResNetWidths`, stated once per network), and the residual scales are per block kind (A, B, C).
+their blocks (`InceptionResNetWidths`, stated once per network), and the residual scales are per block kind (A, B, C).
 """
 
 from __future__ import annotations
@@ -82,7 +82,7 @@ class ResidualReductionB(nn.Module):
         return jnp.concatenate([branch0, branch1, branch2, max_pool_3x3_s2(x, cfg)], axis=-1)
 
 
-class ResNetWidths(NamedTuple):
+class InceptionResNetWidths(NamedTuple):
     """The filter counts of one Inception-ResNet: per branch for the A, B, C blocks and Reduction-B, and
     Table 1's (k, l, m, n) for Reduction-A."""
 
@@ -96,7 +96,7 @@ class ResNetWidths(NamedTuple):
 class _InceptionResNet(InceptionNet):
     """The schema of Fig. 15 with its fields and checks; a network supplies its widths, block counts and stem."""
 
-    WIDTHS: ClassVar[ResNetWidths]
+    WIDTHS: ClassVar[InceptionResNetWidths]
     residual_scales: tuple[float, float, float] = (0.17, 0.10, 0.20)
     num_blocks: tuple[int, int, int] | None = None  # None: the network's own counts
 
@@ -144,7 +144,7 @@ class InceptionResNetV1(_InceptionResNet):
     """Inception-ResNet-v1 (paper Fig. 14 stem, Fig. 10-13 blocks, Fig. 15 schema): 5x A, Reduction-A, 10x B,
     Reduction-B, 5x C -> 1792. No official weights exist."""
 
-    WIDTHS = ResNetWidths(
+    WIDTHS = InceptionResNetWidths(
         a=((32,), (32, 32), (32, 32, 32)),
         reduction_a=(192, 192, 256, 384),
         b=((128,), (128, 128, 128)),
@@ -169,7 +169,7 @@ class InceptionResNetV2(_InceptionResNet):
     end of the B stack.
     """
 
-    WIDTHS = ResNetWidths(
+    WIDTHS = InceptionResNetWidths(
         a=((32,), (32, 32), (32, 48, 64)),
         reduction_a=(256, 256, 384, 384),
         b=((192,), (128, 160, 192)),

@@ -136,6 +136,13 @@ def dead_fraction(features: jax.Array) -> jax.Array:
     return jnp.mean((features == 0).astype(jnp.float32))
 
 
+def dead_channel_fraction(features: jax.Array) -> jax.Array:
+    """Fraction of a feature map's channels that are exactly zero at every position of every example: the paper's
+    death (§3.3) channel by channel. A channel that fires anywhere in the batch is alive; 1.0 means the map is all
+    zeros, whatever the input."""
+    return jnp.mean(jnp.all(features == 0, axis=tuple(range(features.ndim - 1))).astype(jnp.float32))
+
+
 def check_num_blocks(num_blocks: tuple[int, ...]) -> None:
     """Raises ValueError unless num_blocks is three non-negative counts (A, B, C)."""
     if len(tuple(num_blocks)) != 3 or any(not isinstance(n, int) or n < 0 for n in num_blocks):

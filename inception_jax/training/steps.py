@@ -20,7 +20,7 @@ import optax
 from jax.sharding import NamedSharding, PartitionSpec
 
 from inception_jax.accuracy import topk_counts
-from inception_jax.models import dead_fraction
+from inception_jax.models import dead_channel_fraction, dead_fraction
 from inception_jax.training import optim
 from inception_jax.training.sharding import DATA
 from inception_jax.training.state import TrainState
@@ -119,6 +119,7 @@ def make_train_step(
             "learning_rate": schedule(state.step),
             "grad_norm": grad_norm,
             "dead_fraction": dead_fraction(features),
+            "dead_channels": dead_channel_fraction(features),
             "skipped": 1.0 - finite.astype(jnp.float32),
         }
         if skip_non_finite:
