@@ -23,6 +23,7 @@ def get_config():
     config = default_config()
     config.model.name = "inception_resnet_v2"
     config.model.variant = "released"
+    config.model.residual_scales = (0.17, 0.10, 0.20)  # as released; the sweep sets all three to each scale
     config.model.aux_logits = True
     config.model.dtype = "bfloat16"  # float32 weights, bfloat16 compute
     config.weight_decay_biases = True

@@ -460,7 +460,7 @@ def test_gpu_script_selects_existing_tests():
 @pytest.mark.parity
 def test_benchmark_in_bfloat16_beside_timm_amp(timm_and_torch, monkeypatch, tmp_path):
     # What the GPU script asks for, shrunk to the CPU: timm runs for real in float32 and under bfloat16 autocast;
-    # ours is stood in for (its bfloat16 train step is tested in test_training; its bench process took 75 s here).
+    # ours is stood in for (its bfloat16 train step is tested in test_training, and its bench process is slow).
     def run(job):
         if job["impl"] == "ours":
             return Result("ours", job["model"], job["mode"], job["batch"], job["size"], job["dtype"], 1.0, 1.0)

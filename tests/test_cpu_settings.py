@@ -199,8 +199,8 @@ print("YNN", hlo.count("__ynn_fusion"))
 
 
 def test_the_xla_flags_keep_convolutions_out_of_ynnpack():
-    """XLA's own convolutions are faster than YNNPACK's here (forward + weight gradient of a 147x147 32 -> 64 conv,
-    b8: 139 against 686 ms), so the flags send only reductions there."""
+    """XLA's own convolutions measured faster than YNNPACK's (docs/performance.md), so the flags send only
+    reductions there."""
 
     def ynn_fusions(xla_flags: str) -> str:
         out = subprocess.run([sys.executable, "-c", _CONV_GRADIENT_PROGRAM], env=clean_env(XLA_FLAGS=xla_flags),

@@ -8,7 +8,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
-from helpers import ROOT, TINY_CONFIG, env_with_devices, load_script, one_device_mesh
+from helpers import ROOT, TINY_CONFIG, env_with_devices, load_script, one_device_mesh, project_config
 
 from inception_jax.data import default_dataset_config
 from inception_jax.training import loop
@@ -114,9 +114,9 @@ def write_run(workdir: Path, evals: list[tuple[int, float, float]], dead: list[f
 
 
 def test_read_run_finds_death_and_divergence(tmp_path):
-    write_run(tmp_path / "a", [(10, 0.5, 0.9), (20, 0.25, 0.8)], [0.2, 0.995, 1.0], [2.0, float("nan"), 1.0])
+    write_run(tmp_path / "a", [(10, 0.5, 0.9), (20, 0.25, 0.8)], [0.995, 0.995, 1.0], [2.0, float("nan"), 1.0])
     run = runs.read_run(tmp_path / "a")
-    assert run["died_step"] == 2 and run["diverged_step"] == 2
+    assert run["died_step"] == 1 and run["diverged_step"] == 2
     assert run["final_top1"] == 25.0 and run["best_top1"] == 50.0 and run["steps_per_epoch"] == 10
     assert runs.read_run(tmp_path / "missing")["missing"]
 
@@ -243,3 +243,16 @@ def test_pure_vs_residual_smoke_run_on_fashion_mnist(tmp_path):
     assert "inception_v3 vs inception_resnet_v1: not run yet" in first.stdout
     second = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env=env_with_devices(None))
     assert second.returncode == 0 and "inception_resnet_v1: finished" in second.stdout, second.stderr[-3000:]
+
+
+def test_wide_residual_accelerator_config_dry_runs_one_command_per_scale(capsys):
+    """The paper's wide-residual setting (full Inception-ResNet-v2, ImageNet) prints its four runs without data."""
+    argv = ["--model", "inception_resnet_v2", "--scales", "0.1,0.2,0.3,1.0", "--config",
+            str(ROOT / "configs" / "wide_residual_imagenet.py"), "--workdir", "runs/wide", "--dry-run"]  # fmt: skip
+    assert residual_scale_sweep.main(argv) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if "inception_jax.main" in line]
+    assert len(lines) == 4 and "--config.model.residual_scales=(1.0,1.0,1.0)" in lines[-1]
+    config = project_config("wide_residual_imagenet")
+    assert (config.model.name, config.model.variant, config.dataset.name) == ("inception_resnet_v2", "released",
+                                                                             "imagenet2012")  # fmt: skip
+    assert config.num_train_steps == 50_000 and config.model.depth_multiplier == 1.0
