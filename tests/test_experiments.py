@@ -256,3 +256,13 @@ def test_wide_residual_accelerator_config_dry_runs_one_command_per_scale(capsys)
     assert (config.model.name, config.model.variant, config.dataset.name) == ("inception_resnet_v2", "released",
                                                                              "imagenet2012")  # fmt: skip
     assert config.num_train_steps == 50_000 and config.model.depth_multiplier == 1.0
+
+
+def test_wide_residual_cpu_config_is_full_width_and_dry_runs(capsys):
+    argv = ["--model", "inception_resnet_v2", "--scales", "1.0,0.2", "--config",
+            str(ROOT / "configs" / "wide_residual_fashion_mnist.py"), "--workdir", "runs/w", "--dry-run"]  # fmt: skip
+    assert residual_scale_sweep.main(argv) == 0
+    assert len([line for line in capsys.readouterr().out.splitlines() if "inception_jax.main" in line]) == 2
+    config = project_config("wide_residual_fashion_mnist")
+    assert config.model.depth_multiplier == 1.0 and "num_blocks" not in config.model  # every block, full width
+    assert config.log_every_steps <= 25 and config.dataset.name == "fashion_mnist"
