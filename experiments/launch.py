@@ -17,6 +17,15 @@ def main_command(config: str, workdir: Path, overrides: list[str]) -> list[str]:
     return [sys.executable, "-m", "inception_jax.main", f"--config={config}", f"--workdir={workdir}", *overrides]
 
 
+def finished(workdir: Path) -> bool:
+    """Whether the run in `workdir` ran to its last step (its summary.json says so, unpreempted)."""
+    path = Path(workdir) / "summary.json"
+    if not path.is_file():
+        return False
+    summary = json.loads(path.read_text())
+    return not summary.get("preempted") and summary.get("step") == summary.get("total_steps")
+
+
 def launch(commands: list[list[str]], dry_run: bool, log_dir: Path) -> list[Path]:
     """Runs the commands one after another (here), or prints them (to submit as separate jobs on a cluster).
     A run that fails is reported and the others go on; rerunning resumes each from its checkpoints. Returns the

@@ -24,7 +24,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from launch import fmt, launch, main_command, read_run, report_failures
+from launch import finished, fmt, launch, main_command, read_run, report_failures
 
 from inception_jax.evaluation.tables import load_results, render
 
@@ -129,15 +129,6 @@ def summarize(root: Path, pairs: list[str]) -> str:
     markdown = "\n".join(lines)
     (root / "pure_vs_residual.md").write_text(markdown)
     return markdown
-
-
-def finished(workdir: Path) -> bool:
-    """Whether the run in `workdir` ran to its last step (its summary.json says so, unpreempted)."""
-    path = workdir / "summary.json"
-    if not path.is_file():
-        return False
-    summary = json.loads(path.read_text())
-    return not summary.get("preempted") and summary.get("step") == summary.get("total_steps")
 
 
 def keep_results(workdir: Path, results: Path) -> list[Path]:

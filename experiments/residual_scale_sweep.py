@@ -6,17 +6,20 @@ final and best accuracy, divergence/death step and dead fraction against the sca
 
 Each run lives in `<workdir>/scale_<s>` with `model.residual_scales = (s, s, s)`; extra `--config.*` flags go to
 every run. `--dry-run` prints the commands (to submit as separate jobs on a cluster) instead of running them;
-`--summarize-only` only rebuilds the table and plot from the workdirs.
+`--summarize-only` only rebuilds the table and plot from the workdirs. A rerun skips the runs that finished and resumes
+the others; with `--results DIR` each finished run's metrics.jsonl is copied there as it finishes (to commit at
+once), and the summary is written there.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 from pathlib import Path
 
-from launch import fmt, launch, main_command, read_run, report_failures
+from launch import finished, fmt, launch, main_command, read_run, report_failures
 
 from inception_jax.training.config import load_config_file
 
@@ -48,8 +51,10 @@ def commands(args: argparse.Namespace, extra: list[str]) -> list[list[str]]:
 
 
 def summarize(root: Path, scales: list[float]) -> list[dict]:
-    """Writes `sweep.md`, `sweep.json` and `sweep.png` under root; returns one row per scale."""
-    rows = [{"scale": s, **read_run(run_dir(root, s))} for s in scales]
+    """Writes `sweep.md`, `sweep.json` and `sweep.png` under root (a workdir of runs, or a results directory of
+    scale_<s>.metrics.jsonl files); returns one row per scale."""
+    kept = lambda s: run_dir(root, s) if run_dir(root, s).is_dir() else root / f"{run_dir(root, s).name}.metrics.jsonl"
+    rows = [{"scale": s, **read_run(kept(s))} for s in scales]
     lines = [
         "| scale | final top-1 % | best top-1 % | final top-5 % | diverged at step | died at step | last dead frac. "
         "| all channels dead at step | last dead channels |",
@@ -110,6 +115,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", type=Path, required=True)
     parser.add_argument("--dry-run", action="store_true", help="print the commands instead of running them")
     parser.add_argument("--summarize-only", action="store_true")
+    parser.add_argument("--results", type=Path, help="copy each finished run's metrics.jsonl here as it finishes "
+                                                     "(scale_<s>.metrics.jsonl), and write the summary here")
     args, extra = parser.parse_known_args(argv)
     bad = [a for a in extra if not a.startswith("--config.")]
     if bad:
@@ -121,12 +128,26 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--config {args.config} has no model.residual_scales to sweep: start from a residual network's "
                      "config (configs/quickstart.py, configs/inception_resnet_v2.py) or set "
                      "config.model.residual_scales in it")  # fmt: skip
-    failed = [] if args.summarize_only else launch(commands(args, extra), args.dry_run, args.workdir / "logs")
+    failed, launched = [], 0
+    for scale, command in zip(args.scales, commands(args, extra), strict=True):
+        workdir = run_dir(args.workdir, scale)
+        if args.summarize_only:
+            pass
+        elif finished(workdir) and not args.dry_run:
+            print(f"scale {scale:g}: finished ({workdir}/summary.json); skipped. Delete that file to train it again.")
+        else:
+            launched += 1
+            failed += launch([command], args.dry_run, args.workdir / "logs")
+        if args.results and not args.dry_run and finished(workdir):
+            args.results.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(workdir / "metrics.jsonl", args.results / f"{workdir.name}.metrics.jsonl")
+            print(f"scale {scale:g}: kept {args.results / f'{workdir.name}.metrics.jsonl'}", flush=True)
     if args.dry_run:
         return 0
-    summarize(args.workdir, args.scales)
-    print((args.workdir / "sweep.md").read_text())
-    return report_failures(failed, len(args.scales))
+    root = args.results or args.workdir
+    summarize(root, args.scales)
+    print((root / "sweep.md").read_text())
+    return report_failures(failed, launched)
 
 
 if __name__ == "__main__":

@@ -266,3 +266,32 @@ def test_wide_residual_cpu_config_is_full_width_and_dry_runs(capsys):
     config = project_config("wide_residual_fashion_mnist")
     assert config.model.depth_multiplier == 1.0 and "num_blocks" not in config.model  # every block, full width
     assert config.log_every_steps <= 25 and config.dataset.name == "fashion_mnist"
+
+
+def test_sweep_rerun_skips_finished_scales_and_keeps_each_result(tmp_path, monkeypatch, capsys):
+    """Scale 1 finished, scale 0.2 preempted: a rerun launches only 0.2 (which resumes in its workdir), copies each
+    finished run's metrics to --results as it finishes and summarizes there."""
+    summaries = {1.0: {"step": 3, "total_steps": 3}, 0.2: {"step": 2, "total_steps": 3, "preempted": True}}
+    for scale, summary in summaries.items():
+        workdir = residual_scale_sweep.run_dir(tmp_path / "runs", scale)
+        write_run(workdir, [(3, 0.5, 0.9)], [0.1, 0.2, 0.3], [2.0, 1.5, 1.0])
+        (workdir / "summary.json").write_text(json.dumps(summary))
+    launched, kept_when_launched = [], []
+
+    def fake_launch(commands, dry_run, log_dir):
+        launched.extend(commands)
+        kept_when_launched.extend(p.name for p in (tmp_path / "kept").glob("*"))
+        (residual_scale_sweep.run_dir(tmp_path / "runs", 0.2) / "summary.json").write_text(
+            json.dumps({"step": 3, "total_steps": 3}))  # as the resumed run would
+        return []
+
+    monkeypatch.setattr(residual_scale_sweep, "launch", fake_launch)
+    code = residual_scale_sweep.main(["--scales", "1.0,0.2", "--config", str(ROOT / "configs" / "quickstart.py"),
+                                      "--workdir", str(tmp_path / "runs"), "--results", str(tmp_path / "kept")])
+    assert code == 0
+    assert len(launched) == 1 and "--config.model.residual_scales=(0.2,0.2,0.2)" in launched[0]
+    assert kept_when_launched == ["scale_1.metrics.jsonl"]  # the finished run was kept before the next one ran
+    assert sorted(p.name for p in (tmp_path / "kept").glob("*.metrics.jsonl")) == ["scale_0.2.metrics.jsonl",
+                                                                                  "scale_1.metrics.jsonl"]
+    assert "scale 1: finished" in capsys.readouterr().out
+    assert "| 1 | 50.00 |" in (tmp_path / "kept" / "sweep.md").read_text()
