@@ -133,12 +133,15 @@ def summarize(root: Path, pairs: list[str]) -> str:
 
 def keep_results(workdir: Path, results: Path) -> list[Path]:
     """Evaluates a finished run (1 crop, EMA weights, its config's BatchNorm recalibration) and copies its
-    metrics.jsonl and result JSON to `results` as <model>.metrics.jsonl and <model>.eval_1crop.json."""
+    metrics.jsonl and result JSON to `results` as <model>.metrics.jsonl and <model>.eval_1crop.json. The kept JSON
+    names its source by the run's name, not by this machine's path to it: results are committed."""
     config = json.loads((workdir / "config.json").read_text())
     out = results / f"{workdir.name}.eval_1crop.json"
     command = [sys.executable, str(EVALUATE), "--workdir", str(workdir), "--batch", str(config["batch_size"]),
                "--bn-recalibration", str(config.get("bn_recalibration_batches", 0)), "--out", str(out)]
     subprocess.run(command, check=True)
+    result = json.loads(out.read_text())
+    out.write_text(json.dumps({**result, "sources": [workdir.name]}, indent=2) + "\n")
     shutil.copyfile(workdir / "metrics.jsonl", results / f"{workdir.name}.metrics.jsonl")
     return [out, results / f"{workdir.name}.metrics.jsonl"]
 

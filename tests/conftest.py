@@ -49,6 +49,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         items[:] = [item for item in items if not item.get_closest_marker("slow")]
 
 
+def missing_parity_dependency(message: str) -> None:
+    """Skips, or fails where CI asks for every parity test (INCEPTION_JAX_REQUIRE_PARITY=1)."""
+    if os.environ.get("INCEPTION_JAX_REQUIRE_PARITY") == "1":
+        pytest.fail(message)
+    pytest.skip(message)
+
+
 @pytest.fixture(scope="session")
 def timm_and_torch():
     """(timm, torch), or a skip when the [parity] extra is missing; CI sets INCEPTION_JAX_REQUIRE_PARITY=1 so that
@@ -57,10 +64,7 @@ def timm_and_torch():
         import timm
         import torch
     except ImportError as error:
-        message = f"timm/PyTorch not importable ({error}); install them with: pip install -e '.[parity]'"
-        if os.environ.get("INCEPTION_JAX_REQUIRE_PARITY") == "1":
-            pytest.fail(message)
-        pytest.skip(message)
+        missing_parity_dependency(f"timm/PyTorch not importable ({error}); install them: pip install -e '.[parity]'")
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     return timm, torch
 
@@ -73,10 +77,7 @@ def keras_module():
     try:
         import keras
     except ImportError as error:
-        message = f"Keras not importable ({error}); it comes with tensorflow: pip install -e ."
-        if os.environ.get("INCEPTION_JAX_REQUIRE_PARITY") == "1":
-            pytest.fail(message)
-        pytest.skip(message)
+        missing_parity_dependency(f"Keras not importable ({error}); it comes with tensorflow: pip install -e .")
     return keras
 
 

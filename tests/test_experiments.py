@@ -237,6 +237,7 @@ def test_pure_vs_residual_smoke_run_on_fashion_mnist(tmp_path):
     result = json.loads((tmp_path / "results" / "inception_resnet_v1.eval_1crop.json").read_text())
     assert result["num_examples"] == 10_000 and result["dataset"] == "fashion_mnist"
     assert result["bn_recalibration_batches"] == 2 and result["steps"] == [2]
+    assert result["sources"] == ["inception_resnet_v1"]  # the run's name, no path of this machine
     run = runs.read_run(tmp_path / "results" / "inception_resnet_v1.metrics.jsonl")
     assert [r["step"] for r in run["train"]] == [1, 2] and run["eval"][-1]["bn_recalibration_batches"] == 2
     assert result["top1_error"] == pytest.approx(100 - run["final_top1"])
