@@ -1,5 +1,6 @@
 """Residual-scale sweep (paper §3.3): one training per scale, all from one base config, then a table and a plot of
-final and best accuracy, divergence/death step and dead fraction against the scale.
+final and best accuracy, divergence/death step and dead fraction against the scale, and of each run's training loss
+and dead channels against the step.
 
     python experiments/residual_scale_sweep.py --model inception_resnet_v2 --scales 0.05,0.1,0.2,0.3,0.5,1.0 \
         --config configs/quickstart.py --workdir runs/sweep [--dry-run] [--config.num_epochs=4 ...]
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import shutil
 import sys
 from pathlib import Path
@@ -73,7 +75,50 @@ def summarize(root: Path, scales: list[float]) -> list[dict]:
     compact = [{k: v for k, v in r.items() if k not in ("train", "eval")} for r in rows]
     (root / "sweep.json").write_text(json.dumps(compact, indent=2) + "\n")
     plot(rows, root / "sweep.png")
+    plot_curves(rows, root / "sweep_curves.png")
     return rows
+
+
+def curves(row: dict) -> dict[str, list[float]]:
+    """A run's training curves by step: loss, dead channels (the last feature map's channels zero for the whole
+    batch), dead fraction, and hours since its first logged step."""
+    train = row["train"]
+    start = train[0].get("time") if train else None
+    return {
+        "step": [r["step"] for r in train],
+        "loss": [r.get("loss", math.nan) for r in train],
+        "dead_channels": [r.get("dead_channels", math.nan) for r in train],
+        "dead_fraction": [r.get("dead_fraction", math.nan) for r in train],
+        "hours": [(r["time"] - start) / 3600 if start is not None and "time" in r else math.nan for r in train],
+    }
+
+
+def plot_curves(rows: list[dict], path: Path) -> None:
+    """Training loss, dead channels and dead fraction against the step, one line per scale; a dotted line marks a
+    death (all channels zero) and a dashed one a divergence."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    for row in (r for r in rows if not r.get("missing")):
+        curve = curves(row)
+        for ax, key in zip(axes, ("loss", "dead_channels", "dead_fraction"), strict=True):
+            line, = ax.plot(curve["step"], curve[key], label=f"scale {row['scale']:g}")
+            for step, style in ((row["channels_died_step"], ":"), (row["diverged_step"], "--")):
+                if step is not None:
+                    ax.axvline(step, color=line.get_color(), linestyle=style)
+    labels = ("training loss", "dead channels (zero for the whole batch)", "dead fraction (zero activations)")
+    for ax, label in zip(axes, labels, strict=True):
+        ax.set_xlabel("step")
+        ax.set_ylabel(label)
+        ax.legend()
+    axes[1].set_ylim(-0.02, 1.02)
+    axes[2].set_ylim(-0.02, 1.02)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 def plot(rows: list[dict], path: Path) -> None:
