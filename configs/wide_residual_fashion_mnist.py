@@ -6,32 +6,29 @@ per run; one run with the residual scales at 1.0 and one at the paper's 0.1-0.3,
         --config configs/wide_residual_fashion_mnist.py --workdir /tmp/wide_residual
 
 Budget: 1,800 steps of 32 (about an epoch), sized from the benchmark's 42.5 images/s for this train step on a
-2-core AMD EPYC VM (docs/performance.md). Measured there with this config: 1,561 s (scale 1.0) and 1,502 s (0.2)
-from start to final result, of which the evaluation with BN recalibration took 80-87 s; the results are in
-experiments/results/wide_residual/ (neither run died or diverged). The paper saw its deaths "after a few tens of
-thousands of iterations": a run this short that does not die says so only up to its last step. The recipe is
-configs/fashion_mnist_pure_vs_residual.py's, at full width; `dead_channels` is logged every 25 steps.
+2-core AMD EPYC VM (docs/performance.md). Measured there with this config: training loops of 1,561 s (scale 1.0) and
+1,502 s (0.2), compile and the final evaluation included (the evaluation with BN recalibration took 80-87 s); the
+results are in experiments/results/wide_residual/ (neither run died or diverged). The paper saw its deaths "after a
+few tens of thousands of iterations": a run this short that does not die says so only up to its last step.
+
+The recipe is configs/fashion_mnist_pure_vs_residual.py's, read from it: only the network (full width), the budget
+and the cadence change; `dead_channels` is logged every 25 steps.
 """
 
-from inception_jax.training import default_config
+from pathlib import Path
+
+from inception_jax.training.config import load_config_file, model_defaults
 
 
 def get_config():
-    config = default_config()
+    config = load_config_file(str(Path(__file__).with_name("fashion_mnist_pure_vs_residual.py")))
     config.model.name = "inception_resnet_v2"
     config.model.variant = "released"
     config.model.residual_scales = (0.17, 0.10, 0.20)  # the sweep sets all three to each scale
-    config.model.aux_logits = False
-    config.model.bn_momentum = 0.9
-    config.bn_recalibration_batches = 20
+    config.model.depth_multiplier = model_defaults()["depth_multiplier"]  # full width
+    config.model.min_depth = model_defaults()["min_depth"]
 
-    config.dataset.name = "fashion_mnist"
-    config.image_size = 75
-
-    config.batch_size = 32
-    config.num_train_steps = 1_800
-    config.lr_decay_epochs = 0.5
-    config.warmup_epochs = 0.1
+    config.num_train_steps = 1_800  # overrides the recipe's num_epochs
     config.log_every_steps = 25
     config.eval_every_steps = 0  # at the end only: an evaluation at full width costs minutes here
     config.checkpoint_every_steps = 300

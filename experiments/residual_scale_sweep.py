@@ -81,16 +81,9 @@ def summarize(root: Path, scales: list[float]) -> list[dict]:
 
 def curves(row: dict) -> dict[str, list[float]]:
     """A run's training curves by step: loss, dead channels (the last feature map's channels zero for the whole
-    batch), dead fraction, and hours since its first logged step."""
-    train = row["train"]
-    start = train[0].get("time") if train else None
-    return {
-        "step": [r["step"] for r in train],
-        "loss": [r.get("loss", math.nan) for r in train],
-        "dead_channels": [r.get("dead_channels", math.nan) for r in train],
-        "dead_fraction": [r.get("dead_fraction", math.nan) for r in train],
-        "hours": [(r["time"] - start) / 3600 if start is not None and "time" in r else math.nan for r in train],
-    }
+    batch) and dead fraction; NaN where a record lacks one."""
+    keys = ("step", "loss", "dead_channels", "dead_fraction")
+    return {key: [r.get(key, math.nan) for r in row["train"]] for key in keys}
 
 
 def plot_curves(rows: list[dict], path: Path) -> None:

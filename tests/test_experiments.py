@@ -299,12 +299,11 @@ def test_sweep_rerun_skips_finished_scales_and_keeps_each_result(tmp_path, monke
 
 
 def test_sweep_curves_follow_each_run_by_step(tmp_path):
-    """The per-step picture's data: loss, dead channels and hours since the first log, one run dying (all channels
-    zero at step 2), one diverging at step 3; the summary draws both."""
+    """The per-step picture's data: loss and dead channels, one run dying (all channels zero at step 2), one
+    diverging at step 3; the summary draws both."""
     for name, channels, losses in (("scale_1", [0.5, 1.0, 1.0], [2.0, 1.9, 1.8]),
                                    ("scale_0.2", [0.1, 0.2, 0.3], [2.0, 1.5, float("nan")])):
-        records = [{"step": s, "split": "train", "loss": loss, "dead_fraction": 0.5, "dead_channels": c,
-                    "time": 1000.0 + 1800 * s}
+        records = [{"step": s, "split": "train", "loss": loss, "dead_fraction": 0.5, "dead_channels": c}
                    for s, c, loss in zip((1, 2, 3), channels, losses, strict=True)]  # fmt: skip
         (tmp_path / f"{name}.metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     rows = residual_scale_sweep.summarize(tmp_path, [1.0, 0.2])
@@ -312,5 +311,5 @@ def test_sweep_curves_follow_each_run_by_step(tmp_path):
     assert rows[1]["diverged_step"] == 3 and rows[1]["channels_died_step"] is None
     curve = residual_scale_sweep.curves(rows[0])
     assert curve["step"] == [1, 2, 3] and curve["dead_channels"] == [0.5, 1.0, 1.0]
-    assert curve["loss"] == [2.0, 1.9, 1.8] and curve["hours"] == [0.0, 0.5, 1.0]
+    assert curve["loss"] == [2.0, 1.9, 1.8]
     assert (tmp_path / "sweep_curves.png").stat().st_size > 0
